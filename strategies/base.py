@@ -1,0 +1,185 @@
+"""The contract every strategy implements.
+
+A strategy is one way of running a PyTorch model from an application. The harness drives it as:
+
+    strategy.available()                      -> Availability (why it can't run here, if it can't)
+    strategy.prepare(model, out_dir)          -> writes artifacts (ONNX file, compiled library, ...)
+                                                 into out_dir; called only on a cache miss, in its own
+                                                 process; the cache key hashes the model's weights,
+                                                 this strategy's source folder and runtime versions
+    session = strategy.open(model, artifacts, options)   in the cell's own fresh process
+    session.run({name: ndarray}) -> {name: ndarray}       inference on named NumPy arrays
+    session.time_calls(inputs, n)             -> CallTimings, n timed calls (override to time inside
+                                                 a foreign runtime; the default times run())
+    session.close()
+
+Everything heavy (torch, onnxruntime, a CLR, a server) must be imported inside ``prepare``/``open``,
+never at module import: the harness process lists strategies without loading any runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fixtures.specs import ModelSpec, make_inputs
+
+Arrays = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""  # when not ok: what is missing and the command that fixes it
+
+    @classmethod
+    def missing_module(cls, module: str, install: str) -> Availability:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            return cls(False, f"Python package '{module}' is not installed ({install})")
+        return cls(True)
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    threads: int  # intra-op threads for every runtime in the cell
+    concurrency: int = 1  # callers that will call run() at once
+    settings: Mapping[str, Any] = field(default_factory=dict)  # strategy-specific, from the config
+
+
+@dataclass
+class ModelHandle:
+    """What prepare() and open() get: the spec, and the torch module built on demand."""
+
+    spec: ModelSpec
+    seed: int
+    content_hash: str = ""
+    _module: Any = None
+
+    def build(self) -> Any:
+        if self._module is None:
+            from fixtures.loading import build_model
+
+            self._module = build_model(self.spec, self.seed)
+        return self._module
+
+    def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
+        return make_inputs(self.spec, batch, self.seed)
+
+
+@dataclass
+class CallTimings:
+    """n calls' latencies in ns and, where the session reports one, a per-call breakdown in ns."""
+
+    latency_ns: np.ndarray
+    phases_ns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Session(ABC):
+    """An open runtime, ready to run the model. Opened once per cell, closed at its end."""
+
+    #: names of the breakdown phases this session reports for each call, in order
+    phases: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        """One inference: named NumPy inputs in, named NumPy outputs out."""
+
+    def last_phases_ns(self) -> Mapping[str, int]:
+        """Breakdown of the last run() call, in ns, keyed by ``phases``. Sessions with phases override."""
+        return {}
+
+    def time_calls(self, inputs: Arrays, n: int) -> CallTimings:
+        """Time n calls. Override when the caller lives in another runtime and must time itself."""
+        clock = time.perf_counter_ns
+        run = self.run
+        lat = np.empty(n, dtype=np.int64)
+        if not self.phases:
+            for i in range(n):
+                t0 = clock()
+                run(inputs)
+                lat[i] = clock() - t0
+            return CallTimings(lat)
+        phases = {p: np.zeros(n, dtype=np.int64) for p in self.phases}
+        for i in range(n):
+            t0 = clock()
+            run(inputs)
+            lat[i] = clock() - t0
+            for p, v in self.last_phases_ns().items():
+                phases[p][i] = v
+        return CallTimings(lat, phases)
+
+    def pids(self) -> list[tuple[int, str]]:
+        """Other processes this session uses (a server, ...), as (pid, role), so memory counts them."""
+        return []
+
+    def memory_extra(self) -> dict[str, int]:
+        """Runtime-specific memory figures in bytes (a managed heap, an arena), beside process RSS."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about this session the report should show (target address, encoding, ...)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the runtime; stop anything started."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Strategy(ABC):
+    """One integration strategy. Subclass, set ``name``/``summary``, implement ``open``; register it
+    with ``@strategies.register`` in a subpackage of ``strategies/``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    #: whether several threads may call Session.run at once (enables the concurrency sweep)
+    concurrent_calls: ClassVar[bool] = True
+    #: whether prepare() produces artifacts (otherwise it is never called)
+    needs_artifacts: ClassVar[bool] = False
+
+    def available(self) -> Availability:
+        return Availability(True)
+
+    def runtime_versions(self) -> dict[str, str]:
+        """Versions of the runtimes this strategy uses; recorded with every result and in cache keys."""
+        return {}
+
+    def prepare(self, model: ModelHandle, out_dir: Path) -> None:  # noqa: B027 - optional hook
+        """Turn the model into this strategy's artifacts inside out_dir. Raise to fail the cells."""
+
+    @abstractmethod
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        """Load the runtime and the artifacts; return a session ready for run()."""
+
+    def source_hash(self) -> str:
+        """Hash of every file in this strategy's folder: editing a .py, .cpp or .cs rebuilds artifacts."""
+        folder = Path(inspect.getfile(type(self))).parent
+        h = hashlib.sha256()
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(f.relative_to(folder).as_posix().encode())
+                h.update(f.read_bytes())
+        return h.hexdigest()
+
+
+def package_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"

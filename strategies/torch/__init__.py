@@ -1,0 +1,5 @@
+"""In-process eager PyTorch: the baseline every other strategy is compared with."""
+
+from strategies.torch.strategy import TorchEager
+
+__all__ = ["TorchEager"]
