@@ -1,0 +1,226 @@
+"""Command line: ``python -m bench run | report | list``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import strategies
+from bench.config import PROFILES, build_config, format_size, load_config_file, make_custom_model
+from bench.errors import UserError
+from bench.results import RunDir, resolve_run
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
+        raise UserError(f"{message} (see `python -m bench {self.prog.split()[-1]} --help`)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="bench", description="Benchmark PyTorch model integration strategies.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a benchmark matrix and write a results folder and report")
+    r.add_argument("--config", type=Path, help="TOML config file (see bench/config.py)")
+    r.add_argument("--profile", choices=None, help=f"base settings: {', '.join(PROFILES)} (default: default)")
+    r.add_argument("--models", help="comma-separated model names")
+    r.add_argument("--strategies", help="comma-separated strategy names")
+    r.add_argument("--batch-sizes", help="comma-separated, e.g. 1,8,64")
+    r.add_argument("--threads", help="intra-op threads for every runtime, comma-separated")
+    r.add_argument("--concurrency", help="concurrent callers, comma-separated")
+    r.add_argument("--payload-sizes", help="identity sweep sizes, e.g. 1KiB,1MiB,64MiB, or 'none'")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--plugin", action="append", default=None, help="module that registers extra strategies")
+    g = r.add_argument_group("bring your own model")
+    g.add_argument("--model-factory", help="package.module:callable returning a torch.nn.Module")
+    g.add_argument("--model-inputs", help="input spec, e.g. 'x:float32[batch,16]=-1..1; ids:int64[batch,8]=0..100'")
+    g.add_argument("--model-name", default="custom")
+    g.add_argument("--model-outputs", help="comma-separated output names")
+    g.add_argument("--atol", type=float, default=1e-4)
+    g.add_argument("--rtol", type=float, default=1e-3)
+    s = r.add_argument_group("sampling budget (seconds)")
+    for flag, key in (("--warmup", "warmup_s"), ("--min-time", "min_time_s"), ("--max-time", "max_time_s"),
+                      ("--target-ci", "target_rel_ci"), ("--concurrency-time", "concurrency_s")):
+        s.add_argument(flag, type=float, dest=key)
+    r.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+    r.add_argument("--run-id", help="name of the results folder (default: timestamp)")
+    r.add_argument("--resume", help="finish an interrupted run: its folder or id")
+    r.add_argument("--strict", action="store_true", help="exit 1 unless every cell is valid (CI)")
+    r.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown report")
+
+    rep = sub.add_parser("report", help="render the HTML and Markdown report of a run")
+    rep.add_argument("run", nargs="?", help="results folder or run id (default: the latest run)")
+    rep.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+
+    lst = sub.add_parser("list", help="show strategies (with availability) and models")
+    lst.add_argument("--plugin", action="append", default=None)
+    return p
+
+
+# -- list -------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from fixtures.builtin import BUILTIN_MODELS
+
+    strategies.discover(args.plugin or [])
+    print("Strategies:")
+    for name in strategies.names():
+        s = strategies.get(name)
+        a = s.available()
+        state = "available" if a.ok else f"UNAVAILABLE: {a.reason}"
+        print(f"  {name:<16} {state}")
+        print(f"  {'':<16} {s.summary}")
+    for name, err in strategies.broken().items():
+        print(f"  {name:<16} BROKEN: {err}")
+    print("\nModels:")
+    for m in BUILTIN_MODELS.values():
+        ins = ", ".join(f"{t.name}:{t.dtype}[{','.join(map(str, t.shape))}]" for t in m.inputs)
+        print(f"  {m.name:<12} {m.description}")
+        print(f"  {'':<12} inputs {ins} -> {', '.join(m.outputs)}")
+    print("  (bring your own: --model-factory pkg.module:fn --model-inputs 'x:float32[batch,16]', or [[model]] in a config)")
+    print("\nProfiles:")
+    for name, p in PROFILES.items():
+        print(f"  {name:<8} models={','.join(p['models'])} batch={p['batch_sizes']} threads={p['threads']} "
+              f"concurrency={p['concurrency']} payload={','.join(p['payload_sizes'])} max_time={p['sampling'].max_time_s}s")
+    return 0
+
+
+# -- run --------------------------------------------------------------------------------------------
+MATRIX_FLAGS = ("config", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency",
+                "payload_sizes", "seed", "model_factory", "plugin")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from fixtures.specs import parse_input_spec
+
+    o: dict[str, Any] = {
+        "profile": args.profile, "models": args.models, "strategies": args.strategies,
+        "batch_sizes": args.batch_sizes, "threads": args.threads, "concurrency": args.concurrency,
+        "payload_sizes": args.payload_sizes, "seed": args.seed,
+        "sampling": {k: getattr(args, k) for k in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci", "concurrency_s")
+                     if getattr(args, k) is not None},
+    }
+    if args.model_factory or args.model_inputs:
+        if not (args.model_factory and args.model_inputs):
+            raise UserError("--model-factory and --model-inputs go together")
+        outputs = [x.strip() for x in args.model_outputs.split(",")] if args.model_outputs else []
+        o["custom_models"] = [make_custom_model(args.model_name, args.model_factory, parse_input_spec(args.model_inputs),
+                                                outputs, args.atol, args.rtol)]
+    return o
+
+
+def _new_run_dir(root: Path, run_id: str | None) -> RunDir:
+    base = run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_id and (root / run_id).exists():
+        raise UserError(f"results folder {root / run_id} already exists; use --resume {root / run_id} to finish it")
+    path, n = root / base, 1
+    while path.exists():
+        n += 1
+        path = root / f"{base}-{n}"
+    return RunDir(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import environment
+    from bench.config import RunConfig
+    from bench.runner import Runner, build_matrix, kill_current
+
+    if args.resume:
+        given = [f for f in MATRIX_FLAGS if getattr(args, f, None) not in (None, [], False)]
+        if given:
+            raise UserError(f"--resume reuses the run's own matrix; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+        run = resolve_run(args.resume, args.out)
+        meta = run.meta()
+        cfg = RunConfig.from_json(meta["config"])
+        strategies.discover(cfg.plugins)
+    else:
+        file_data = load_config_file(args.config) if args.config else {}
+        plugins = list(file_data.get("plugins", [])) + list(args.plugin or [])
+        strategies.discover(plugins)
+        overrides = _overrides(args)
+        if args.plugin:
+            overrides["plugins"] = plugins
+        cfg = build_config(file_data, overrides, strategies.names())
+        run = _new_run_dir(args.out, args.run_id)
+
+    cells = build_matrix(cfg)
+    if not cells:
+        raise UserError("the matrix is empty: no models with batch sizes, and no payload sweep")
+    versions = {name: strategies.get(name).runtime_versions() for name in dict.fromkeys(c.strategy for c in cells)}
+    if not args.resume:
+        run.path.mkdir(parents=True, exist_ok=True)
+        meta = {"run_id": run.id, "status": "running", "config": cfg.to_json(), "environment": environment.collect(versions),
+                "cells": [c.to_json() for c in cells], "started": time.time()}
+        run.write_meta(meta)
+    print(f"run {run.id}: {len(cells)} cells ({len(cfg.models)} models x {len(cfg.strategies)} strategies x "
+          f"batch {cfg.batch_sizes} x threads {cfg.threads} x concurrency {cfg.concurrency}"
+          + (f" + payload sweep {', '.join(format_size(s) for s in cfg.payload_sizes)}" if cfg.payload_sizes else "")
+          + f"), profile {cfg.profile}", file=sys.stderr)
+    print(f"results: {run.path}", file=sys.stderr)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    runner = Runner(cfg, run, strict=args.strict)
+    try:
+        outcome = runner.execute()
+    except KeyboardInterrupt:
+        kill_current()
+        run.write_meta({**run.meta(), "status": "interrupted"})
+        print(f"\ninterrupted; finished cells are kept. Resume with: python -m bench run --resume {run.path}",
+              file=sys.stderr)
+        return 130
+    except UserError:
+        run.write_meta({**run.meta(), "status": "failed"})
+        raise
+    run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
+    run.write_summary()
+    print_summary(run)
+    if not args.no_report:
+        from reports import render
+
+        html, md = render(run)
+        print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
+    print(f"{outcome.ran} cells run ({counts or 'none'}), {outcome.skipped_existing} kept from before", file=sys.stderr)
+    if args.strict:
+        bad = [r for r in run.load_cells(samples=False) if r["status"] != "ok"]
+        if bad:
+            for r in bad:
+                print(f"strict: {r['cell']['id']} is {r['status']}: {(r.get('error') or '').splitlines()[0] if r.get('error') else ''}",
+                      file=sys.stderr)
+            return 1
+    return 0
+
+
+def print_summary(run: RunDir) -> None:
+    from reports.tables import terminal_table
+
+    print(terminal_table(run.frame()))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports import render
+
+    run = resolve_run(args.run, args.out)
+    html, md = render(run)
+    print(f"report: {html.resolve()}\nmarkdown: {md.resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

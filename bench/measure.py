@@ -1,0 +1,153 @@
+"""Timing a session: warm-up, adaptive sampling until the median is stable, and concurrent load."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from bench.stats import summarize
+from strategies.base import Arrays, Session
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    warmup_s: float = 0.3  # warm-up time before any sample is kept
+    warmup_calls: int = 5  # and at least this many warm-up calls
+    min_time_s: float = 0.5  # keep sampling at least this long ...
+    max_time_s: float = 3.0  # ... and stop here even if the median has not settled
+    min_samples: int = 30
+    max_samples: int = 20_000
+    target_rel_ci: float = 0.01  # stop once the median's 95% CI half-width is within 1% of it
+    round_s: float = 0.05  # each round of timed calls lasts about this long
+    concurrency_s: float = 2.0  # measuring time for N concurrent callers
+
+    @classmethod
+    def from_json(cls, d: dict) -> SamplingConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Sampled:
+    latency_ns: np.ndarray
+    phases_ns: dict[str, np.ndarray]
+    converged: bool
+    rounds: int
+    wall_s: float
+    warmup_calls: int
+    stop_reason: str
+
+
+def warm_up(session: Session, inputs: Arrays, cfg: SamplingConfig) -> tuple[int, float]:
+    """Run until both warmup_s and warmup_calls are reached; return calls made and the typical call time.
+    Chunks double in size so a foreign runtime's per-chunk crossing does not dominate."""
+    t_end = time.perf_counter() + cfg.warmup_s
+    calls, chunk, per_call = 0, 1, None
+    while calls < cfg.warmup_calls or time.perf_counter() < t_end:
+        lat = session.time_calls(inputs, chunk).latency_ns
+        calls += chunk
+        per_call = float(np.median(lat)) / 1e9
+        chunk = min(chunk * 2, max(1, int(cfg.round_s / max(per_call, 1e-7))))
+    return calls, per_call or 1e-3
+
+
+def sample(
+    session: Session,
+    inputs: Arrays,
+    cfg: SamplingConfig,
+    per_call_s: float,
+    between_rounds: Callable[[], None] = lambda: None,
+) -> Sampled:
+    """Rounds of timed calls until the median's relative CI is below target (after min time/samples),
+    or the time budget or sample cap ends. ``between_rounds`` runs outside the timed region."""
+    lats: list[np.ndarray] = []
+    phases: dict[str, list[np.ndarray]] = {}
+    n = rounds = 0
+    start = time.perf_counter()
+    converged, reason = False, "time budget"
+    round_n = max(1, min(int(cfg.round_s / max(per_call_s, 1e-7)), cfg.max_samples))
+    while True:
+        timings = session.time_calls(inputs, min(round_n, cfg.max_samples - n))
+        lats.append(timings.latency_ns)
+        for k, v in timings.phases_ns.items():
+            phases.setdefault(k, []).append(v)
+        n += len(timings.latency_ns)
+        rounds += 1
+        between_rounds()
+        elapsed = time.perf_counter() - start
+        if n >= cfg.min_samples and elapsed >= cfg.min_time_s:
+            rel = summarize(np.concatenate(lats)).rel_ci
+            if rel <= cfg.target_rel_ci:
+                converged, reason = True, f"median CI within {cfg.target_rel_ci:.1%}"
+                break
+        if elapsed >= cfg.max_time_s:
+            break
+        if n >= cfg.max_samples:
+            reason = "sample cap"
+            break
+    return Sampled(
+        np.concatenate(lats), {k: np.concatenate(v) for k, v in phases.items()}, converged, rounds,
+        time.perf_counter() - start, 0, reason,
+    )
+
+
+@dataclass
+class LoadResult:
+    latency_ns: np.ndarray
+    calls: int
+    wall_s: float
+    errors: list[str]
+
+
+def closed_loop(
+    session: Session, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
+    between_rounds: Callable[[], None] = lambda: None,
+) -> LoadResult:
+    """N callers in threads, each calling run() back to back (perf_analyzer's concurrency mode):
+    a warm-up with all callers running, then every completed call's latency over duration_s."""
+    barrier = threading.Barrier(callers + 1)
+    stop = threading.Event()
+    measuring = threading.Event()
+    per_thread: list[list[int]] = [[] for _ in range(callers)]
+    errors: list[str] = []
+    clock = time.perf_counter_ns
+
+    def caller(i: int) -> None:
+        out = per_thread[i]
+        barrier.wait()
+        try:
+            while not stop.is_set():
+                t0 = clock()
+                session.run(inputs)
+                dt = clock() - t0
+                if measuring.is_set():
+                    out.append(dt)
+        except Exception as e:  # a failing call ends the load; the cell reports it
+            errors.append(f"{type(e).__name__}: {e}")
+            stop.set()
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(callers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(warmup_s)
+    measuring.set()
+    t0 = time.perf_counter()
+    while not stop.wait(min(0.1, max(0.0, duration_s - (time.perf_counter() - t0)))):
+        between_rounds()  # the main thread samples memory while the callers run
+        if time.perf_counter() - t0 >= duration_s:
+            break
+    measuring.clear()
+    wall = time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    lat = np.array([x for lst in per_thread for x in lst], dtype=np.int64)
+    return LoadResult(lat, len(lat), wall, errors)

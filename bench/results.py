@@ -1,0 +1,245 @@
+"""Run folders: one JSON file per finished cell (written atomically), the run's config and
+environment, and a tidy summary (CSV/JSON, or a pandas DataFrame in code).
+
+A run killed halfway leaves every finished cell readable; ``bench run --resume DIR`` runs the rest.
+
+Layout of ``results/<run-id>/``::
+
+    run.json         config, environment, status
+    cells/<key>.json one per finished cell: summary stats, raw samples (ns), memory, correctness
+    summary.csv      one row per cell (also summary.json)
+    report.html, report.md, logs/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+
+STATUSES = ("ok", "invalid", "error", "skipped")  # invalid: ran, but outputs are wrong
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """inf/nan are not JSON: store them as null."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def dumps(obj: Any, indent: int | None = 1) -> str:
+    return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
+
+
+def atomic_write_json(path: Path, obj: Any, indent: int | None = 1) -> None:
+    atomic_write_text(path, dumps(obj, indent))
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One point of the matrix, measured in its own worker process."""
+
+    model: str
+    strategy: str
+    batch: int
+    threads: int
+    concurrency: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.strategy}/b{self.batch}/t{self.threads}/c{self.concurrency}"
+
+    @property
+    def key(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.id.replace("/", "__"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "id": self.id}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Cell:
+        return cls(d["model"], d["strategy"], int(d["batch"]), int(d["threads"]), int(d["concurrency"]))
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.path / "cells"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / "logs"
+
+    def cell_path(self, cell: Cell) -> Path:
+        return self.cells_dir / f"{cell.key}.json"
+
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "run.json").read_text())
+        except FileNotFoundError as e:
+            raise UserError(f"{self.path} is not a results folder (no run.json)") from e
+        except json.JSONDecodeError as e:
+            raise UserError(f"{self.path / 'run.json'} is not valid JSON: {e}") from e
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "run.json", meta)
+
+    def write_cell(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.cell_path(Cell.from_json(result["cell"])), result, indent=None)
+
+    def finished(self) -> set[str]:
+        return {r["cell"]["id"] for r in self.load_cells(samples=False)}
+
+    def load_cells(self, samples: bool = True) -> list[dict[str, Any]]:
+        out = []
+        for f in sorted(self.cells_dir.glob("*.json")):
+            try:
+                r = json.loads(f.read_text())
+            except json.JSONDecodeError:
+                continue  # cannot happen with atomic writes; tolerate a hand-edited file
+            if not samples:
+                r.pop("samples_ns", None)
+            out.append(r)
+        return out
+
+    def frame(self):  # -> pandas.DataFrame
+        return summary_frame(self.load_cells(samples=False), self.id)
+
+    def write_summary(self) -> None:
+        df = self.frame()
+        atomic_write_text(self.path / "summary.csv", df.to_csv(index=False))
+        atomic_write_text(self.path / "summary.json", df.to_json(orient="records", indent=1))
+
+
+def _get(d: dict | None, *keys: str, default: Any = None) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d or d[k] is None:
+            return default
+        d = d[k]
+    return d
+
+
+SUMMARY_COLUMNS = [
+    "run_id", "cell_id", "model", "strategy", "batch", "threads", "concurrency", "status", "valid",
+    "error", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "iqr_ms", "ci_low_ms", "ci_high_ms",
+    "rel_ci", "noisy", "converged", "samples", "throughput_sps", "calls_per_s", "cold_start_ms",
+    "first_call_ms", "open_ms", "prepare_s", "cache_hit", "payload_bytes", "mem_baseline_mb",
+    "mem_steady_mb", "mem_peak_mb", "mem_added_mb", "processes", "max_abs_err", "max_rel_err",
+    "vs_torch_p50",
+]
+
+
+def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
+    """Tidy table, one row per cell. ``vs_torch_p50`` is p50 over the same cell's torch p50."""
+    import pandas as pd
+
+    mb = 1024 * 1024
+    rows = []
+    for r in results:
+        c = r["cell"]
+        lat = r.get("latency") or {}
+        corr = r.get("correctness") or {}
+        outs = corr.get("outputs", {}).values()
+        rows.append({
+            "run_id": run_id, "cell_id": c["id"], "model": c["model"], "strategy": c["strategy"],
+            "batch": c["batch"], "threads": c["threads"], "concurrency": c["concurrency"],
+            "status": r["status"], "valid": r["status"] == "ok", "error": r.get("error") or "",
+            **{f"{k}_ms": (lat[k] * 1e3 if lat.get(k) is not None else None)
+               for k in ("p50", "p90", "p99", "mean", "stdev", "iqr", "ci_low", "ci_high")},
+            "rel_ci": lat.get("rel_ci"), "noisy": lat.get("noisy"),
+            "converged": _get(r, "sampling", "converged"), "samples": lat.get("n"),
+            "throughput_sps": _get(r, "throughput", "samples_per_s"),
+            "calls_per_s": _get(r, "throughput", "calls_per_s"),
+            "cold_start_ms": _ms(r.get("cold_start_s")), "first_call_ms": _ms(r.get("first_call_s")),
+            "open_ms": _ms(r.get("open_s")), "prepare_s": _get(r, "prepare", "seconds"),
+            "cache_hit": _get(r, "prepare", "cache_hit"), "payload_bytes": r.get("payload_bytes"),
+            "mem_baseline_mb": _scaled(_get(r, "memory", "baseline_rss"), mb),
+            "mem_steady_mb": _scaled(_get(r, "memory", "steady_rss"), mb),
+            "mem_peak_mb": _scaled(_get(r, "memory", "peak_rss"), mb),
+            "mem_added_mb": _scaled(_get(r, "memory", "added_steady"), mb),
+            "processes": len(_get(r, "memory", "processes", default=[])) or None,
+            "max_abs_err": max((o.get("max_abs", 0.0) for o in outs), default=None),
+            "max_rel_err": max((o.get("max_rel") or 0.0 for o in outs), default=None),
+        })
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:-1])
+    if df.empty:
+        df["vs_torch_p50"] = []
+        return df
+    base = df[(df.strategy == "torch") & df.valid].set_index(["model", "batch", "threads", "concurrency"])["p50_ms"]
+    keys = list(zip(df.model, df.batch, df.threads, df.concurrency))
+    df["vs_torch_p50"] = [
+        (p / base[k]) if (k in base.index and p is not None and v) else None
+        for k, p, v in zip(keys, df.p50_ms, df.valid)
+    ]
+    return df.sort_values(["model", "batch", "threads", "concurrency", "strategy"]).reset_index(drop=True)
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else s * 1e3
+
+
+def _scaled(v: float | None, unit: float) -> float | None:
+    return None if v is None else v / unit
+
+
+def resolve_run(arg: str | None, root: Path) -> RunDir:
+    """A run folder path, a run id under the results root, or (None / 'latest') the newest run."""
+    if arg and arg != "latest":
+        for cand in (Path(arg), root / arg):
+            if (cand / "run.json").is_file():
+                return RunDir(cand)
+        raise UserError(f"no results folder at {arg!r} (looked for run.json in {arg} and {root / arg})")
+    runs = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"no runs under {root}; run `python -m bench run` first")
+    return RunDir(runs[-1].parent)

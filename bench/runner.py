@@ -1,0 +1,287 @@
+"""Runs a matrix of cells, each in a fresh worker process, and writes results as they finish.
+
+The runner knows strategies only through the registry and the Strategy interface; everything
+strategy-specific happens in the worker process, inside the strategy's own code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import strategies
+from bench.config import RunConfig
+from bench.errors import UserError
+from bench.progress import Progress, fmt_duration
+from bench.results import Cell, RunDir, atomic_write_json
+from fixtures.builtin import IDENTITY_ROW_BYTES
+from fixtures.specs import ModelSpec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STARTUP_ALLOWANCE_S = 180.0  # imports, runtime start, server start, first call
+PREPARE_TIMEOUT_S = 1800.0
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE_DIR", ".bench-cache")).resolve()
+
+
+def build_matrix(cfg: RunConfig) -> list[Cell]:
+    """Main matrix plus the identity payload sweep, deduplicated. Strategies are innermost, so the
+    strategies compared in one row are measured next to each other in time."""
+    cells: dict[str, Cell] = {}
+    for model in cfg.models:
+        for batch in cfg.batch_sizes:
+            for threads in cfg.threads:
+                for conc in cfg.concurrency:
+                    for s in cfg.strategies:
+                        c = Cell(model, s, batch, threads, conc)
+                        cells.setdefault(c.id, c)
+    for size in cfg.payload_sizes:
+        for s in cfg.payload_strategies:
+            c = Cell("identity", s, size // IDENTITY_ROW_BYTES, cfg.threads[0], 1)
+            cells.setdefault(c.id, c)
+    return list(cells.values())
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the runner dies, so no worker outlives its run."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    n = str(threads)
+    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, PYTHONHASHSEED="0")
+    paths = [str(Path.cwd()), str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+_current: subprocess.Popen | None = None
+
+
+def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: float, threads: int = 1) -> dict[str, Any]:
+    """Run one job in a fresh interpreter in its own process group. A crash, a signal or a timeout
+    becomes an error result naming it, with the tail of the worker's log."""
+    global _current
+    job_dir.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    name = log_path.stem
+    job_file, out_file = job_dir / f"{name}.job.json", job_dir / f"{name}.result.json"
+    out_file.unlink(missing_ok=True)
+    atomic_write_json(job_file, {**job, "out": str(out_file)})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.worker", str(job_file)], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=worker_env(threads), start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        _current = proc
+        try:
+            rc = proc.wait(timeout=timeout_s)
+            why = None
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            rc, why = proc.returncode, f"timed out after {fmt_duration(timeout_s)}"
+        finally:
+            kill_group(proc)  # anything the worker started (a server) goes with it
+            _current = None
+    if out_file.exists():
+        result = json.loads(out_file.read_text())
+        out_file.unlink()
+        job_file.unlink(missing_ok=True)
+        return result
+    if why is None:
+        why = f"worker died with signal {signal.Signals(-rc).name}" if rc < 0 else f"worker exited with status {rc} without a result"
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+    return {"ok": False, "status": "error", "error": why, "traceback": "\n".join(tail)}
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def kill_current() -> None:
+    if _current is not None:
+        kill_group(_current)
+
+
+@dataclass
+class ModelState:
+    spec: ModelSpec
+    content_hash: str = ""
+    ref_dir: str = ""
+    error: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    run: RunDir
+    ran: int = 0
+    skipped_existing: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, run: RunDir, cache_dir: Path | None = None, strict: bool = False,
+                 progress: Progress | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run
+        self.cache = cache_dir or default_cache_dir()
+        self.strict = strict
+        self.cells = build_matrix(cfg)
+        self.progress = progress or Progress(len(self.cells))
+        self.work = run.path / ".work"
+
+    def _timeout(self) -> float:
+        s = self.cfg.sampling
+        return STARTUP_ALLOWANCE_S + s.warmup_s * 4 + s.max_time_s * 2 + s.concurrency_s * 2
+
+    def _result(self, cell: Cell, status: str, **fields: Any) -> dict[str, Any]:
+        return {"cell": cell.to_json(), "status": status, **fields}
+
+    # -- phases ---------------------------------------------------------------------------------
+    def probe(self, names: list[str]) -> dict[str, ModelState]:
+        states: dict[str, ModelState] = {}
+        for name in names:
+            spec = self.cfg.model_spec(name)
+            batches = sorted({c.batch for c in self.cells if c.model == name})
+            self.progress.note(f"probing model {name} ({len(batches)} batch sizes)")
+            res = spawn_job(
+                {"kind": "probe", "model": spec.to_json(), "seed": self.cfg.seed, "batches": batches,
+                 "refs_root": str(self.cache / "refs")},
+                self.work, self.run_dir.logs_dir / f"probe-{name}.log", PREPARE_TIMEOUT_S)
+            if res.get("user_error"):
+                raise UserError(res["user_error"])
+            if not res.get("ok"):
+                states[name] = ModelState(spec, error=f"model {name} failed to build: {res.get('error')}")
+                continue
+            states[name] = ModelState(spec.with_outputs(tuple(res["outputs"])), res["content_hash"], res["ref_dir"])
+        return states
+
+    def artifact_dir(self, strategy: strategies.Strategy, model: ModelState) -> Path:
+        key = json.dumps([strategy.name, strategy.source_hash(), strategy.runtime_versions(), model.content_hash,
+                          sys.version_info[:2]], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return self.cache / "artifacts" / strategy.name / f"{model.spec.name}-{digest}"
+
+    def prepare(self, strategy: strategies.Strategy, model: ModelState) -> dict[str, Any]:
+        final = self.artifact_dir(strategy, model)
+        done = final / "DONE.json"
+        if done.exists():
+            return {"cache_hit": True, "seconds": 0.0, "built_seconds": json.loads(done.read_text())["seconds"],
+                    "artifacts": str(final)}
+        self.progress.note(f"preparing {strategy.name} artifacts for {model.spec.name} (cached for next time) ...")
+        res = spawn_job(
+            {"kind": "prepare", "strategy": strategy.name, "model": model.spec.to_json(), "seed": self.cfg.seed,
+             "content_hash": model.content_hash, "artifact_dir": str(final), "plugins": self.cfg.plugins},
+            self.work, self.run_dir.logs_dir / f"prepare-{strategy.name}-{model.spec.name}.log", PREPARE_TIMEOUT_S)
+        if not res.get("ok"):
+            err = res.get("user_error") or res.get("error")
+            self.progress.note(f"  {strategy.name} could not prepare {model.spec.name}: {err}")
+            return {"cache_hit": False, "error": f"prepare failed: {err}", "traceback": res.get("traceback", "")}
+        return {"cache_hit": False, "seconds": res["seconds"], "artifacts": str(final)}
+
+    def run_cell(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:
+        job = {
+            "kind": "cell", "cell": cell.to_json(), "model": model.spec.to_json(), "seed": self.cfg.seed,
+            "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
+            "reference": str(Path(model.ref_dir) / f"b{cell.batch}.npz"), "sampling": self.cfg.sampling.to_json(),
+            "settings": self.cfg.strategy_settings.get(cell.strategy, {}), "plugins": self.cfg.plugins,
+        }
+        t0 = time.perf_counter()
+        res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads)
+        res.pop("ok", None)
+        if res.get("user_error"):
+            res = {"status": "error", "error": res.pop("user_error")}
+        res.setdefault("status", "error")
+        return self._result(cell, **res, prepare=prep and {k: v for k, v in prep.items() if k != "artifacts"},
+                            wall_s=time.perf_counter() - t0)
+
+    # -- the run --------------------------------------------------------------------------------
+    def execute(self) -> RunOutcome:
+        outcome = RunOutcome(self.run_dir)
+        finished = self.run_dir.finished()
+        pending = [c for c in self.cells if c.id not in finished]
+        outcome.skipped_existing = len(self.cells) - len(pending)
+        self.progress.done = outcome.skipped_existing
+        if outcome.skipped_existing:
+            self.progress.note(f"resuming: {outcome.skipped_existing} cells already measured, {len(pending)} to go")
+
+        strategies.discover(self.cfg.plugins)
+        strats = {name: strategies.get(name) for name in dict.fromkeys(c.strategy for c in pending)}
+        avail = {name: s.available() for name, s in strats.items()}
+        for name, a in avail.items():
+            if not a.ok:
+                self.progress.note(f"strategy {name} unavailable here: {a.reason}")
+        models = self.probe(list(dict.fromkeys(c.model for c in pending if avail[c.strategy].ok)))
+
+        prepared: dict[tuple[str, str], dict[str, Any] | None] = {}
+        for cell in pending:
+            label = cell.id
+            self.progress.begin(label)
+            strategy = strats[cell.strategy]
+            if not avail[cell.strategy].ok:
+                result = self._result(cell, "skipped", error=f"unavailable: {avail[cell.strategy].reason}")
+            elif cell.concurrency > 1 and not strategy.concurrent_calls:
+                result = self._result(cell, "skipped", error=f"{cell.strategy} does not allow concurrent calls")
+            elif models[cell.model].error:
+                result = self._result(cell, "error", error=models[cell.model].error)
+            else:
+                key = (cell.strategy, cell.model)
+                if key not in prepared:
+                    prepared[key] = self.prepare(strategy, models[cell.model]) if strategy.needs_artifacts else None
+                prep = prepared[key]
+                if prep and prep.get("error"):
+                    result = self._result(cell, "error", error=prep["error"], traceback=prep.get("traceback"))
+                else:
+                    result = self.run_cell(cell, models[cell.model], prep)
+            self.run_dir.write_cell(result)
+            self.run_dir.write_summary()
+            outcome.ran += 1
+            outcome.statuses[result["status"]] = outcome.statuses.get(result["status"], 0) + 1
+            self.progress.finish(label, describe_outcome(result))
+        return outcome
+
+
+def describe_outcome(r: dict[str, Any]) -> str:
+    if r["status"] in ("ok", "invalid") and r.get("latency"):
+        lat = r["latency"]
+        text = f"p50 {fmt_time(lat['p50'])}  p99 {fmt_time(lat['p99'])}"
+        if lat.get("noisy"):
+            text += "  (noisy)"
+        if r["status"] == "invalid":
+            text += "  INVALID: " + r.get("error", "")
+        return text
+    first = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
+    return f"{r['status'].upper()}: {first[:160]}"
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f}µs"
+    if s < 1:
+        return f"{s * 1e3:.2f}ms"
+    return f"{s:.2f}s"

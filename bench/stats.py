@@ -1,0 +1,107 @@
+"""Statistics on latency samples: summaries, the median's confidence interval, the payload cost fit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark warns when IQR/median exceeds 10%
+
+
+def median_ci(sorted_x: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """Distribution-free CI of the median from order statistics (binomial normal approximation).
+
+    Ranks n/2 -/+ z*sqrt(n)/2 (1-based, rounded outward); for tiny n the CI is the full range.
+    """
+    n = len(sorted_x)
+    if n == 0:
+        return (math.nan, math.nan)
+    half = z * math.sqrt(n) / 2
+    lo = max(int(math.floor(n / 2 - half)), 1)
+    hi = min(int(math.ceil(n / 2 + half)) + 1, n)
+    return float(sorted_x[lo - 1]), float(sorted_x[hi - 1])
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary of n samples (any unit; the harness uses seconds)."""
+
+    n: int
+    mean: float
+    stdev: float
+    min: float
+    max: float
+    p50: float
+    p90: float
+    p99: float
+    q25: float
+    q75: float
+    iqr: float
+    ci_low: float
+    ci_high: float
+    rel_ci: float  # half-width of the median's 95% CI relative to the median
+    noisy: bool  # IQR/median above NOISY_IQR_RATIO: the spread is too wide to trust the median alone
+
+    def to_json(self) -> dict[str, float | int | bool]:
+        return asdict(self)
+
+
+def summarize(samples: np.ndarray | list[float], noisy_ratio: float = NOISY_IQR_RATIO) -> Summary:
+    x = np.sort(np.asarray(samples, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        raise ValueError("no samples")
+    q25, p50, q75, p90, p99 = np.percentile(x, [25, 50, 75, 90, 99])
+    lo, hi = median_ci(x)
+    rel = (hi - lo) / 2 / p50 if p50 > 0 else math.inf
+    iqr = float(q75 - q25)
+    return Summary(
+        n=n, mean=float(x.mean()), stdev=float(x.std(ddof=1)) if n > 1 else 0.0,
+        min=float(x[0]), max=float(x[-1]), p50=float(p50), p90=float(p90), p99=float(p99),
+        q25=float(q25), q75=float(q75), iqr=iqr, ci_low=lo, ci_high=hi, rel_ci=float(rel),
+        noisy=bool(p50 > 0 and iqr / p50 > noisy_ratio),
+    )
+
+
+@dataclass(frozen=True)
+class CostFit:
+    """latency = fixed_s + bytes / bandwidth_Bps, fitted on (bytes, median latency) points."""
+
+    fixed_s: float
+    bandwidth_Bps: float  # math.inf when latency does not grow with bytes
+    r2: float
+    points: int
+
+    def predict(self, nbytes: np.ndarray | float) -> np.ndarray | float:
+        per_byte = 0.0 if math.isinf(self.bandwidth_Bps) else 1.0 / self.bandwidth_Bps
+        return self.fixed_s + np.asarray(nbytes, dtype=np.float64) * per_byte
+
+    def to_json(self) -> dict[str, float | int | None]:
+        d = asdict(self)
+        d["bandwidth_Bps"] = None if math.isinf(self.bandwidth_Bps) else self.bandwidth_Bps
+        return d
+
+
+def fit_cost(nbytes: list[float] | np.ndarray, latency_s: list[float] | np.ndarray) -> CostFit:
+    """Fit latency = a + b*bytes minimising *relative* error (weights 1/latency), since payloads span
+    five orders of magnitude and plain least squares would let the largest point decide the fixed
+    cost. Both coefficients are kept non-negative."""
+    xb = np.asarray(nbytes, dtype=np.float64)
+    y = np.asarray(latency_s, dtype=np.float64)
+    if len(xb) < 2:
+        raise ValueError("need at least two payload sizes to fit a cost line")
+    w = 1.0 / y
+    design = np.column_stack([np.ones_like(xb), xb]) * w[:, None]
+    (a, b), *_ = np.linalg.lstsq(design, y * w, rcond=None)
+    if b <= 0:  # flat: all fixed cost
+        a, b = float(np.sum(w * w * y) / np.sum(w * w)), 0.0
+    elif a < 0:  # through the origin: all per-byte cost
+        a, b = 0.0, float(np.sum(w * w * xb * y) / np.sum(w * w * xb * xb))
+    pred = a + b * xb
+    ss_res = float(np.sum(((y - pred) * w) ** 2))
+    ss_tot = float(np.sum(((y - np.average(y, weights=w * w)) * w) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    return CostFit(float(a), math.inf if b == 0 else 1.0 / b, r2, len(xb))

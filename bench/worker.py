@@ -1,0 +1,205 @@
+"""Code that runs in a fresh worker process: ``python -m bench.worker JOB.json``.
+
+Three jobs, each reading its JSON job file and writing one JSON result atomically:
+
+- ``probe``: build a model, check its input spec fits, hash its weights, save eager-torch reference
+  outputs for each batch size (NumPy .npz, never pickle).
+- ``prepare``: build one strategy's artifacts for one model into the cache.
+- ``cell``: open a strategy, then cold start, warm-up, adaptive sampling or concurrent load,
+  memory of every process, correctness against the references.
+
+Anything a job raises becomes its result's error; a crash leaves no result, which the runner
+turns into the cell's error. Only JSON and .npz cross the process boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UserError
+from bench.results import atomic_write_json
+
+
+def _reference_path(ref_dir: Path, batch: int) -> Path:
+    return ref_dir / f"b{batch}.npz"
+
+
+def probe(job: dict[str, Any]) -> dict[str, Any]:
+    from fixtures.loading import build_model, outputs_to_dict, to_torch_inputs, weights_hash
+    from fixtures.specs import ModelSpec, make_inputs
+
+    import torch
+
+    spec = ModelSpec.from_json(job["model"])
+    seed = job["seed"]
+    torch.set_num_threads(1)
+    model = build_model(spec, seed)
+    digest = weights_hash(model)
+    try:
+        with torch.inference_mode():
+            raw = model(*to_torch_inputs(spec, make_inputs(spec, 2, seed)))
+    except Exception as e:
+        shapes = ", ".join(f"{t.name}:{t.dtype}{list(t.shape)}" for t in spec.inputs)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"input spec [{shapes}] does not fit model {spec.name!r}: {type(e).__name__}: {first}") from e
+    outs = outputs_to_dict(raw, spec.outputs)
+    if spec.outputs and len(spec.outputs) != len(outs):
+        raise UserError(f"model {spec.name!r} returns {len(outs)} outputs but its spec names {len(spec.outputs)}")
+    names = tuple(outs)
+    spec = spec.with_outputs(names)
+    # The content hash covers weights, spec and torch version, so a changed model never reuses artifacts.
+    h = __import__("hashlib").sha256(json.dumps([digest, spec.to_json(), seed, torch.__version__], sort_keys=True).encode())
+    content_hash = h.hexdigest()[:20]
+    ref_dir = Path(job["refs_root"]) / f"{spec.name}-{content_hash}"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    for batch in job["batches"]:
+        path = _reference_path(ref_dir, batch)
+        if path.exists():
+            continue
+        with torch.inference_mode():
+            out = outputs_to_dict(model(*to_torch_inputs(spec, make_inputs(spec, batch, seed))), names)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{k: v.numpy() for k, v in out.items()})
+        os.replace(tmp, path)
+    return {
+        "content_hash": content_hash, "outputs": list(names), "ref_dir": str(ref_dir),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "output_shapes": {k: list(v.shape) for k, v in outs.items()},
+    }
+
+
+def prepare(job: dict[str, Any]) -> dict[str, Any]:
+    import strategies
+    from fixtures.specs import ModelSpec
+    from strategies.base import ModelHandle
+
+    strategies.discover(job.get("plugins", []))
+    strategy = strategies.get(job["strategy"])
+    final = Path(job["artifact_dir"])
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    try:
+        strategy.prepare(ModelHandle(ModelSpec.from_json(job["model"]), job["seed"], job["content_hash"]), tmp)
+        seconds = time.perf_counter() - t0
+        atomic_write_json(tmp / "DONE.json", {"seconds": seconds, "strategy": strategy.name})
+        if final.exists():  # another run got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"seconds": seconds}
+
+
+def _summ(ns: np.ndarray) -> dict[str, Any]:
+    from bench.stats import summarize
+
+    return summarize(ns / 1e9).to_json()
+
+
+def cell(job: dict[str, Any]) -> dict[str, Any]:
+    import strategies
+    from bench.correctness import compare_outputs, worst
+    from bench.measure import SamplingConfig, closed_loop, sample, warm_up
+    from bench.memory import MemoryTracker
+    from fixtures.specs import ModelSpec, make_inputs
+    from strategies.base import ModelHandle, SessionOptions
+
+    c = job["cell"]
+    spec = ModelSpec.from_json(job["model"])
+    cfg = SamplingConfig.from_json(job["sampling"])
+    strategies.discover(job.get("plugins", []))
+    strategy = strategies.get(c["strategy"])
+    inputs = make_inputs(spec, c["batch"], job["seed"])
+    result: dict[str, Any] = {"worker_pid": os.getpid()}
+
+    tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
+    t0 = time.perf_counter()
+    handle = ModelHandle(spec, job["seed"], job["content_hash"])
+    options = SessionOptions(c["threads"], c["concurrency"], job.get("settings", {}))
+    session = strategy.open(handle, Path(job["artifacts"]) if job.get("artifacts") else None, options)
+    try:
+        result["open_s"] = time.perf_counter() - t0
+        for pid, role in session.pids():
+            tracker.add(pid, role)
+        t1 = time.perf_counter()
+        first = session.run(inputs)
+        result["first_call_s"] = time.perf_counter() - t1
+        result["cold_start_s"] = result["open_s"] + result["first_call_s"]
+        first = {k: np.array(v, copy=True) for k, v in first.items()}
+        result["payload_bytes"] = spec.input_bytes(c["batch"]) + sum(v.nbytes for v in first.values())
+        result["session"] = session.describe()
+        warm_calls, per_call = warm_up(session, inputs, cfg)
+        tracker.sample()
+        if c["concurrency"] == 1:
+            s = sample(session, inputs, cfg, per_call, tracker.sample)
+            lat = s.latency_ns
+            result["sampling"] = {"converged": s.converged, "rounds": s.rounds, "wall_s": s.wall_s,
+                                  "warmup_calls": warm_calls, "stop_reason": s.stop_reason}
+            result["phases"] = {k: _summ(v) for k, v in s.phases_ns.items()}
+            calls_per_s = len(lat) / (lat.sum() / 1e9)
+        else:
+            load = closed_loop(session, inputs, c["concurrency"], cfg.concurrency_s, cfg.warmup_s,
+                               tracker.sample)
+            if load.errors:
+                raise RuntimeError(f"concurrent call failed: {load.errors[0]}")
+            if not load.calls:
+                raise RuntimeError("no call completed during the concurrency window")
+            lat = load.latency_ns
+            result["sampling"] = {"converged": True, "rounds": 1, "wall_s": load.wall_s,
+                                  "warmup_calls": warm_calls, "stop_reason": f"{c['concurrency']} callers for {load.wall_s:.1f}s"}
+            calls_per_s = load.calls / load.wall_s
+        result["latency"] = _summ(lat)
+        result["throughput"] = {"calls_per_s": calls_per_s, "samples_per_s": calls_per_s * c["batch"]}
+        cap = job.get("max_raw_samples", 50_000)
+        result["samples_ns"] = (lat if len(lat) <= cap else lat[np.linspace(0, len(lat) - 1, cap).astype(int)]).tolist()
+        last = session.run(inputs)
+        last = {k: np.array(v, copy=True) for k, v in last.items()}
+        tracker.sample()
+        extra = session.memory_extra()
+    finally:
+        tracker.sample()
+        tracker.finish()
+        session.close()
+    result["memory"] = tracker.to_json(extra)
+    with np.load(job["reference"], allow_pickle=False) as ref:
+        expected = {k: ref[k] for k in ref.files}
+    result["correctness"] = worst(compare_outputs(first, expected, spec.atol, spec.rtol),
+                                  compare_outputs(last, expected, spec.atol, spec.rtol))
+    result["status"] = "ok" if result["correctness"]["ok"] else "invalid"
+    if not result["correctness"]["ok"]:
+        result["error"] = "wrong outputs: " + "; ".join(result["correctness"]["problems"])
+    return result
+
+
+JOBS = {"probe": probe, "prepare": prepare, "cell": cell}
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    out = Path(job["out"])
+    try:
+        result = {"ok": True, **JOBS[job["kind"]](job)}
+    except UserError as e:
+        result = {"ok": False, "user_error": str(e)}
+    except BaseException as e:  # the job failed; the result says how, the run goes on
+        result = {"ok": False, "status": "error", "error": f"{type(e).__name__}: {e}".strip(),
+                  "traceback": traceback.format_exc()}
+    atomic_write_json(out, result, indent=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

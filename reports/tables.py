@@ -1,0 +1,123 @@
+"""Tables derived from a run's tidy summary: the decision summary, the payload cost fits, and the
+terminal table. HTML and Markdown both render these, so the two never disagree."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bench.stats import CostFit, fit_cost
+
+BASELINE = "torch"
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v < 1:
+        return f"{v * 1e3:.1f} µs"
+    if v < 1000:
+        return f"{v:.2f} ms"
+    return f"{v / 1e3:.2f} s"
+
+
+def fmt_ratio(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.2f}x"
+
+
+def fmt_num(v: float | None, digits: int = 0) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def main_cells(df: pd.DataFrame, payload_models: tuple[str, ...] = ("identity",)) -> pd.DataFrame:
+    return df[~df.model.isin(payload_models)]
+
+
+@dataclass
+class Decision:
+    model: str
+    batch: int
+    threads: int
+    winner: str | None
+    winner_p50_ms: float | None
+    baseline_p50_ms: float | None
+    runner_up: str | None
+    margin: float | None  # runner-up p50 / winner p50
+    ranking: list[tuple[str, float, float | None]]  # (strategy, p50_ms, vs torch), valid cells only
+    excluded: list[tuple[str, str]]  # (strategy, why not ranked)
+    noisy: list[str]
+
+    def sentence(self) -> str:
+        if not self.winner:
+            return "no valid cell"
+        parts = [f"**{self.winner}** wins at {fmt_ms(self.winner_p50_ms)} p50"]
+        if self.runner_up and self.margin:
+            parts.append(f"{(self.margin - 1) * 100:.0f}% ahead of {self.runner_up}")
+        if self.winner != BASELINE and self.baseline_p50_ms:
+            parts.append(f"{self.baseline_p50_ms / self.winner_p50_ms:.2f}x faster than in-process torch")
+        elif self.winner == BASELINE:
+            parts.append("in-process torch is the fastest")
+        return ", ".join(parts)
+
+
+def decisions(df: pd.DataFrame) -> list[Decision]:
+    """Per model, batch size and thread count, at one caller: strategies ranked by median latency.
+    Cells with wrong outputs, errors or skips are never ranked; they are listed with the reason."""
+    out = []
+    single = main_cells(df)
+    single = single[single.concurrency == single.concurrency.min()] if not single.empty else single
+    for (model, batch, threads), g in single.groupby(["model", "batch", "threads"], sort=True):
+        valid = g[g.valid & g.p50_ms.notna()].sort_values("p50_ms")
+        ranking = [(r.strategy, r.p50_ms, r.vs_torch_p50 if pd.notna(r.vs_torch_p50) else None)
+                   for r in valid.itertuples()]
+        excluded = [(r.strategy, f"{r.status}: {str(r.error).splitlines()[0][:120] if r.error else ''}")
+                    for r in g[~g.valid].itertuples()]
+        base = valid[valid.strategy == BASELINE].p50_ms
+        out.append(Decision(
+            model, int(batch), int(threads),
+            ranking[0][0] if ranking else None, ranking[0][1] if ranking else None,
+            float(base.iloc[0]) if len(base) else None,
+            ranking[1][0] if len(ranking) > 1 else None,
+            ranking[1][1] / ranking[0][1] if len(ranking) > 1 else None,
+            ranking, excluded, list(valid[valid.noisy == True].strategy),  # noqa: E712
+        ))
+    return out
+
+
+def payload_fits(df: pd.DataFrame) -> dict[str, CostFit]:
+    """Per strategy, latency = fixed + bytes/bandwidth over the identity sweep (single caller)."""
+    fits = {}
+    ident = df[(df.model == "identity") & df.valid & (df.concurrency == 1) & df.p50_ms.notna()]
+    for strategy, g in ident.groupby("strategy"):
+        if g.payload_bytes.nunique() >= 2:
+            fits[strategy] = fit_cost(g.payload_bytes.to_numpy(float), g.p50_ms.to_numpy(float) / 1e3)
+    return fits
+
+
+def terminal_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "(no cells)"
+    header = f"{'model':<12} {'strategy':<14} {'batch':>6} {'thr':>3} {'conc':>4} {'p50':>10} {'p99':>10} " \
+             f"{'samples/s':>11} {'vs torch':>8} {'mem +MB':>8}  status"
+    lines = [header, "-" * len(header)]
+    prev = None
+    for r in df.itertuples():
+        group = (r.model, r.batch, r.threads, r.concurrency)
+        if prev is not None and group[:1] != prev[:1]:
+            lines.append("")
+        prev = group
+        status = r.status if r.status != "ok" else ("ok (noisy)" if r.noisy else "ok")
+        if r.status in ("error", "skipped", "invalid") and r.error:
+            status += ": " + str(r.error).splitlines()[0][:60]
+        lines.append(
+            f"{r.model:<12} {r.strategy:<14} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "
+            f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms):>10} {fmt_num(r.throughput_sps):>11} "
+            f"{fmt_ratio(r.vs_torch_p50):>8} {fmt_num(r.mem_added_mb, 1):>8}  {status}"
+        )
+    return "\n".join(lines)
