@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import time
@@ -177,7 +178,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     except UserError:
-        run.write_meta({**run.meta(), "status": "failed"})
+        if not args.resume and not any(run.cells_dir.glob("*.json")):
+            shutil.rmtree(run.path, ignore_errors=True)  # nothing measured: leave nothing half-written
+        else:
+            run.write_meta({**run.meta(), "status": "failed"})
         raise
     run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
     run.write_summary()

@@ -96,12 +96,13 @@ def fit_cost(nbytes: list[float] | np.ndarray, latency_s: list[float] | np.ndarr
     w = 1.0 / y
     design = np.column_stack([np.ones_like(xb), xb]) * w[:, None]
     (a, b), *_ = np.linalg.lstsq(design, y * w, rcond=None)
-    if b <= 0:  # flat: all fixed cost
+    a, b = float(a), float(b)
+    if b * xb.max() <= 1e-9 * max(abs(a), 1e-30):  # flat (or rounding noise): all fixed cost
         a, b = float(np.sum(w * w * y) / np.sum(w * w)), 0.0
     elif a < 0:  # through the origin: all per-byte cost
         a, b = 0.0, float(np.sum(w * w * xb * y) / np.sum(w * w * xb * xb))
     pred = a + b * xb
     ss_res = float(np.sum(((y - pred) * w) ** 2))
     ss_tot = float(np.sum(((y - np.average(y, weights=w * w)) * w) ** 2))
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 1e-18 else 1.0  # relative units: ~0 means all points equal
     return CostFit(float(a), math.inf if b == 0 else 1.0 / b, r2, len(xb))

@@ -8,7 +8,9 @@ from bench.results import RunDir
 
 
 def render(run: RunDir) -> tuple[Path, Path]:
+    from reports.content import build
     from reports.html import render_html
     from reports.markdown import render_markdown
 
-    return render_html(run), render_markdown(run)
+    report = build(run)  # built once, rendered twice
+    return render_html(run, report), render_markdown(run, report)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,23 @@ from strategies.base import Arrays, Availability, ModelHandle, Session, SessionO
 
 MODEL_FILE = "model.onnx"
 EXPORT_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace the batch dimension at 2
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported to ONNX; the message names the cause in one line."""
+
+
+def export_failure(e: Exception) -> ExportError:
+    """torch.onnx's messages run to pages with ANSI colours; keep the exception summary and the
+    model line that raised it. The full text stays in the traceback."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    cause = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    m = re.search(r"## Exception summary\s*\n\s*(.+)", text)
+    if m:
+        cause = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", m.group(1).strip())
+    where = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+).*\n\s*(.+)', text)
+    loc = f" at {Path(where.group(1)).name}:{where.group(2)} `{where.group(3).strip()}`" if where else ""
+    return ExportError(f"ONNX export failed ({type(e).__name__}): {cause[:300]}{loc}")
 
 
 def export_onnx(model: ModelHandle, path: Path) -> dict:
@@ -23,10 +41,13 @@ def export_onnx(model: ModelHandle, path: Path) -> dict:
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = tuple({t.shape.index("batch"): batch} if "batch" in t.shape else {} for t in spec.inputs)
-    program = torch.onnx.export(
-        module, args, dynamo=True, input_names=[t.name for t in spec.inputs],
-        output_names=list(spec.outputs), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
-    )
+    try:
+        program = torch.onnx.export(
+            module, args, dynamo=True, input_names=[t.name for t in spec.inputs],
+            output_names=list(spec.outputs), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+        )
+    except Exception as e:
+        raise export_failure(e) from e
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
     program.save(str(path))

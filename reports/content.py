@@ -1,0 +1,320 @@
+"""The report's sections, built once from a run and rendered as HTML or Markdown."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.results import RunDir
+from reports import plots
+from reports.tables import BASELINE, decisions, fmt_ms, fmt_num, fmt_ratio, main_cells, payload_fits
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+    bad_rows: set[int] = field(default_factory=set)  # highlighted (invalid, error)
+    align_numbers: bool = True  # right-align numeric cells (not in key/value tables)
+
+
+@dataclass
+class Figure:
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    text: list[str] = field(default_factory=list)  # paragraphs; **bold** allowed
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    details: list[tuple[str, str]] = field(default_factory=list)  # (summary, preformatted text)
+    in_markdown: bool = True
+
+
+@dataclass
+class Report:
+    title: str
+    subtitle: str
+    warnings: list[str]
+    sections: list[Section]
+
+
+def _mb(v: float | None) -> str:
+    return fmt_num(v, 1)
+
+
+def _first_line(s: Any, n: int = 140) -> str:
+    s = "" if s is None or (isinstance(s, float) and math.isnan(s)) else str(s)
+    return s.splitlines()[0][:n] if s else ""
+
+
+def build(run: RunDir) -> Report:
+    meta = run.meta()
+    env = meta.get("environment", {})
+    cfg = meta.get("config", {})
+    results = run.load_cells(samples=True)
+    df = run.frame()
+    cmap = plots.colors(sorted(set(df.strategy)) or [BASELINE])
+    valid = df[df.valid]
+    main = main_cells(df)
+    main_valid = main[main.valid]
+    sections: list[Section] = []
+
+    # -- warnings ---------------------------------------------------------------------------------
+    warnings = []
+    expected = len(meta.get("cells", [])) or len(df)
+    if meta.get("status") != "complete" or len(df) < expected:
+        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df)} of {expected} cells measured "
+                        f"(`python -m bench run --resume {run.path}` finishes it).")
+    for status, what in (("invalid", "gave wrong outputs and are not ranked"), ("error", "failed"),
+                         ("skipped", "were skipped")):
+        n = int((df.status == status).sum())
+        if n:
+            warnings.append(f"{n} cell(s) {what}: {', '.join(df[df.status == status].cell_id[:6])}"
+                            + (" ..." if n > 6 else ""))
+    noisy = valid[valid.noisy == True]  # noqa: E712
+    if len(noisy):
+        warnings.append(f"{len(noisy)} cell(s) have an IQR above 10% of the median: compare their percentiles, "
+                        f"not only medians ({', '.join(noisy.cell_id[:5])}{' ...' if len(noisy) > 5 else ''}).")
+    if env.get("git", {}).get("dirty"):
+        warnings.append("The working tree had uncommitted changes when this run started.")
+
+    # -- decision summary -----------------------------------------------------------------------
+    sec = Section("decision", "Decision summary")
+    decs = decisions(df)
+    if decs:
+        sec.text.append(
+            "Per model and batch size, one caller: strategies ranked by median latency; the ratio is "
+            "against in-process eager torch for the same cell (below 1.00x is faster than torch). "
+            "Cells with wrong outputs are never ranked.")
+        rows = []
+        for d in decs:
+            ranking = "; ".join(f"{s} {fmt_ms(p)}" + (f" ({fmt_ratio(r)})" if r is not None and s != BASELINE else "")
+                                for s, p, r in d.ranking)
+            rows.append([d.model, str(d.batch), str(d.threads), d.winner or "-", fmt_ms(d.winner_p50_ms),
+                         fmt_ratio(d.margin) if d.margin else "-", ranking,
+                         "; ".join(f"{s} ({why})" for s, why in d.excluded) or "-"])
+        sec.tables.append(Table(["model", "batch", "threads", "winner", "winner p50", "lead over 2nd",
+                                 "ranking (p50, vs torch)", "not ranked"], rows))
+        sec.text.extend(f"{d.model}, batch {d.batch}: {d.sentence()}." for d in decs)
+    conc = main_valid[main_valid.concurrency > 1]
+    if len(conc):
+        best = main_valid.loc[main_valid.groupby("model").throughput_sps.idxmax()]
+        sec.text.append("Highest throughput per model over every batch size and caller count: " + "; ".join(
+            f"{r.model}: **{r.strategy}** {fmt_num(r.throughput_sps)} samples/s (batch {r.batch}, {r.concurrency} callers)"
+            for r in best.itertuples()) + ".")
+    fits = payload_fits(df)
+    if fits:
+        sec.text.append("Marshaling (identity model): " + "; ".join(
+            f"{s} costs {fmt_ms(f.fixed_s * 1e3)} per call + "
+            + ("nothing measurable per byte" if math.isinf(f.bandwidth_Bps) else f"1 GB per {1e9 / f.bandwidth_Bps:.2f} s ({f.bandwidth_Bps / 1e9:.2f} GB/s)")
+            for s, f in sorted(fits.items())) + ".")
+    sections.append(sec)
+
+    # -- latency ---------------------------------------------------------------------------------
+    sec = Section("latency", "Latency")
+    if len(main_valid):
+        b0 = int(main_valid.batch.min())
+        c0 = int(main_valid.concurrency.min())
+        samples = {(r["cell"]["model"], r["cell"]["strategy"]): np.asarray(r.get("samples_ns") or [], dtype=np.int64)
+                   for r in results if r["status"] == "ok" and r["cell"]["batch"] == b0
+                   and r["cell"]["concurrency"] == c0 and r["cell"]["model"] != "identity"}
+        models = list(dict.fromkeys(main_valid.model))
+        sec.figures.append(Figure("latency_distributions", plots.latency_distributions(
+            samples, models, cmap, f"Latency distribution, batch {b0}, {c0} caller(s)"), "Every sample of each cell."))
+        single = main_valid[main_valid.concurrency == c0]
+        sec.figures.append(Figure("p50_p99", plots.p50_p99(single, cmap), "Median and tail per batch size."))
+    rows, bad = [], set()
+    for i, r in enumerate(df.itertuples()):
+        if r.status not in ("ok", "invalid"):
+            continue
+        if r.status == "invalid":
+            bad.add(len(rows))
+        rows.append([r.model, r.strategy, str(r.batch), str(r.threads), str(r.concurrency), fmt_ms(r.p50_ms),
+                     fmt_ms(r.p90_ms), fmt_ms(r.p99_ms), fmt_ms(r.mean_ms), fmt_ms(r.stdev_ms), fmt_ms(r.iqr_ms),
+                     f"±{r.rel_ci * 100:.1f}%" if pd.notna(r.rel_ci) else "-", fmt_num(r.samples),
+                     ("noisy" if r.noisy else "") + ("" if r.converged else " budget"), r.status])
+    sec.tables.append(Table(["model", "strategy", "batch", "thr", "callers", "p50", "p90", "p99", "mean", "stdev",
+                             "IQR", "median CI", "n", "flags", "status"], rows, bad))
+    sec.text.append("median CI: half-width of the 95% confidence interval of the median, relative to it. "
+                    "Flags: *noisy* when IQR > 10% of the median; *budget* when sampling hit its time budget "
+                    "before the median settled.")
+    sections.append(sec)
+
+    # -- throughput ------------------------------------------------------------------------------
+    sec = Section("throughput", "Throughput")
+    one = main_valid[main_valid.concurrency == main_valid.concurrency.min()] if len(main_valid) else main_valid
+    if len(one) and one.batch.nunique() > 1:
+        sec.figures.append(Figure("throughput_batch", plots.lines_by(
+            one, "batch", "throughput_sps", cmap, "batch size", "samples/s", yfmt=lambda v: f"{v:,.0f}"),
+            "Samples per second against batch size, one caller."))
+    if len(main_valid) and main_valid.concurrency.nunique() > 1:
+        b0 = int(main_valid.batch.min())
+        cb = main_valid[main_valid.batch == b0]
+        sec.figures.append(Figure("throughput_concurrency", plots.lines_by(
+            cb, "concurrency", "throughput_sps", cmap, "concurrent callers", "samples/s", yfmt=lambda v: f"{v:,.0f}"),
+            f"Samples per second against concurrent callers (batch {b0}), closed loop as in perf_analyzer."))
+        sec.figures.append(Figure("latency_concurrency", plots.lines_by(
+            cb.assign(p99_s=cb.p99_ms / 1e3), "concurrency", "p99_s", cmap, "concurrent callers", "p99 latency",
+            yfmt=plots._fmt_s), f"Tail latency under concurrent callers (batch {b0})."))
+    sec.tables.append(Table(["model", "strategy", "batch", "callers", "samples/s", "calls/s", "p50", "p99"], [
+        [r.model, r.strategy, str(r.batch), str(r.concurrency), fmt_num(r.throughput_sps), fmt_num(r.calls_per_s),
+         fmt_ms(r.p50_ms), fmt_ms(r.p99_ms)] for r in main_valid.itertuples()]))
+    sections.append(sec)
+
+    # -- overhead vs torch -------------------------------------------------------------------------
+    sec = Section("overhead", "Overhead against in-process torch")
+    ov = main_valid[main_valid.vs_torch_p50.notna() & (main_valid.concurrency == main_valid.concurrency.min())]
+    if len(ov[ov.strategy != BASELINE]):
+        sec.figures.append(Figure("overhead", plots.overhead(ov, cmap), "Median latency over torch's for the same cell."))
+        base = ov[ov.strategy == BASELINE].set_index(["model", "batch", "threads"]).p50_ms
+        sec.tables.append(Table(["model", "batch", "strategy", "p50", "torch p50", "difference", "ratio"], [
+            [r.model, str(r.batch), r.strategy, fmt_ms(r.p50_ms), fmt_ms(base[(r.model, r.batch, r.threads)]),
+             ("+" if r.p50_ms >= base[(r.model, r.batch, r.threads)] else "-") + fmt_ms(abs(r.p50_ms - base[(r.model, r.batch, r.threads)])),
+             fmt_ratio(r.vs_torch_p50)] for r in ov[ov.strategy != BASELINE].itertuples()]))
+    else:
+        sec.text.append("Needs valid torch cells beside other strategies.")
+    sections.append(sec)
+
+    # -- payload sweep -----------------------------------------------------------------------------
+    sec = Section("payload", "Marshaling cost: payload sweep")
+    ident = valid[(valid.model == "identity") & (valid.concurrency == 1)]
+    if len(ident):
+        sec.text.append("The identity model returns its input, so its latency is the cost of getting the bytes "
+                        "in and out. Fit per strategy: latency = fixed cost + bytes / bandwidth (weighted by "
+                        "1/latency so small and large payloads count alike); bytes are input plus output.")
+        sec.figures.append(Figure("payload_sweep", plots.payload_sweep(ident, fits, cmap), "Median with its 95% CI; lines are the fits."))
+        sec.tables.append(Table(["strategy", "fixed cost per call", "bandwidth", "fit R²", "sizes"], [
+            [s, fmt_ms(f.fixed_s * 1e3), "∞ (no per-byte cost seen)" if math.isinf(f.bandwidth_Bps) else f"{f.bandwidth_Bps / 1e9:.2f} GB/s",
+             "-" if math.isinf(f.bandwidth_Bps) else f"{f.r2:.3f}", str(f.points)] for s, f in sorted(fits.items())]))
+        sizes = sorted(ident.payload_bytes.unique())
+        strats = sorted(ident.strategy.unique(), key=lambda s: (s != BASELINE, s))
+        piv = ident.set_index(["payload_bytes", "strategy"]).p50_ms
+        sec.tables.append(Table(["bytes per call"] + strats, [
+            [plots._fmt_bytes(b)] + [fmt_ms(piv.get((b, s))) for s in strats] for b in sizes]))
+    else:
+        sec.text.append("No payload sweep in this run (identity model cells).")
+    sections.append(sec)
+
+    # -- memory --------------------------------------------------------------------------------------
+    sec = Section("memory", "Memory")
+    mem = valid[valid.concurrency == valid.concurrency.min()] if len(valid) else valid
+    mem = mem[mem.model != "identity"] if len(mem[mem.model != "identity"]) else mem
+    if len(mem):
+        sec.text.append("RSS from the kernel (/proc) of every process a cell uses (a server counts). *Added* is "
+                        "steady-state RSS minus the worker's RSS before the strategy opened (inputs already "
+                        "built), i.e. what loading this runtime and model costs. Peak is the kernel's high-water "
+                        "mark (VmHWM) summed over processes.")
+        sec.figures.append(Figure("memory", plots.grouped_bars(mem.assign(added_peak=mem.mem_peak_mb - mem.mem_baseline_mb),
+                                                               "added_peak", cmap, "MiB over baseline",
+                                                               "Memory added by the strategy: peak (bar), steady (hatched)",
+                                                               stacked_under="mem_added_mb"), ""))
+    extra_by_cell = {r["cell"]["id"]: (r.get("memory") or {}).get("extra") or {} for r in results}
+    sec.tables.append(Table(["model", "strategy", "batch", "callers", "baseline MiB", "steady MiB", "peak MiB",
+                             "added MiB", "processes", "runtime figures"], [
+        [r.model, r.strategy, str(r.batch), str(r.concurrency), _mb(r.mem_baseline_mb), _mb(r.mem_steady_mb),
+         _mb(r.mem_peak_mb), _mb(r.mem_added_mb), fmt_num(r.processes),
+         ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in extra_by_cell.get(r.cell_id, {}).items()) or "-"]
+        for r in valid.itertuples()]))
+    sections.append(sec)
+
+    # -- cold start ----------------------------------------------------------------------------------
+    sec = Section("coldstart", "Cold start")
+    cs = main_valid[main_valid.concurrency == main_valid.concurrency.min()] if len(main_valid) else main_valid
+    cs = cs[cs.batch == cs.batch.min()] if len(cs) else cs
+    if len(cs):
+        sec.text.append("Cold start: from opening the strategy in a fresh process (importing its runtime, "
+                        "loading artifacts, starting servers) to the first result. Prepare: building artifacts "
+                        "(export, compile), done once and cached by content hash.")
+        sec.figures.append(Figure("cold_start", plots.grouped_bars(cs.assign(cold_s=cs.cold_start_ms / 1e3), "cold_s", cmap,
+                                                                   "seconds", "Open to first result"), ""))
+    sec.tables.append(Table(["model", "strategy", "batch", "open", "first call", "cold start", "warm p50",
+                             "prepare", "artifacts"], [
+        [r.model, r.strategy, str(r.batch), fmt_ms(r.open_ms), fmt_ms(r.first_call_ms), fmt_ms(r.cold_start_ms),
+         fmt_ms(r.p50_ms), "-" if pd.isna(r.prepare_s) else f"{r.prepare_s:.1f} s",
+         "-" if pd.isna(r.cache_hit) else ("cached" if r.cache_hit else "built")]
+        for r in valid[valid.concurrency == valid.concurrency.min()].itertuples()]))
+    sections.append(sec)
+
+    # -- breakdown -----------------------------------------------------------------------------------
+    phase_rows = [(r["cell"]["id"], {k: v["p50"] for k, v in r["phases"].items()}) for r in results
+                  if r.get("phases") and r["status"] == "ok"]
+    if phase_rows:
+        sec = Section("breakdown", "Where the time goes")
+        sec.text.append("Median of each phase of a call, as the strategy measured it (marshal in, transport, "
+                        "compute, marshal out). Phase medians need not add up exactly to the call's median.")
+        sec.figures.append(Figure("breakdown", plots.breakdown(phase_rows, "Per-call breakdown"), ""))
+        names = list(dict.fromkeys(p for _, ph in phase_rows for p in ph))
+        sec.tables.append(Table(["cell"] + names, [[cid] + [fmt_ms(ph[p] * 1e3) if p in ph else "-" for p in names]
+                                                   for cid, ph in phase_rows]))
+        sections.append(sec)
+
+    # -- correctness ---------------------------------------------------------------------------------
+    sec = Section("correctness", "Correctness against eager torch")
+    rows, bad = [], set()
+    for r in results:
+        corr = r.get("correctness")
+        if not corr:
+            continue
+        if not corr["ok"]:
+            bad.add(len(rows))
+        for name, o in corr["outputs"].items():
+            rows.append([r["cell"]["id"], name, "x".join(map(str, o.get("shape", []))), o.get("dtype", ""),
+                         f"{o['max_abs']:.2e}" if o.get("max_abs") is not None else "-",
+                         f"{o['max_rel']:.2e}" if o.get("max_rel") is not None else "-",
+                         f"atol {corr['atol']:g}, rtol {corr['rtol']:g}", "ok" if o.get("ok") else "WRONG"])
+    n_ok = sum(1 for r in results if (r.get("correctness") or {}).get("ok"))
+    sec.text.append(f"Every output of the first and the last call is compared with eager torch on the same "
+                    f"inputs (numpy.allclose rule). {n_ok} of {sum(1 for r in results if r.get('correctness'))} "
+                    "checked cells are correct.")
+    sec.tables.append(Table(["cell", "output", "shape", "dtype", "max abs err", "max rel err", "tolerance", "result"], rows, bad))
+    sections.append(sec)
+
+    # -- errors ----------------------------------------------------------------------------------------
+    failed = [r for r in results if r["status"] in ("error", "skipped", "invalid")]
+    if failed:
+        sec = Section("errors", "Failed, invalid and skipped cells")
+        sec.tables.append(Table(["cell", "status", "reason"], [[r["cell"]["id"], r["status"], _first_line(r.get("error"), 300)]
+                                                               for r in failed], set(range(len(failed)))))
+        sec.details = [(r["cell"]["id"], r["traceback"]) for r in failed if r.get("traceback")]
+        sections.append(sec)
+
+    # -- environment -----------------------------------------------------------------------------------
+    sec = Section("environment", "Environment")
+    pk = env.get("packages", {})
+    git = env.get("git", {})
+    sampling = cfg.get("sampling", {})
+    kv = [
+        ("CPU", f"{env.get('cpu_model', '?')} ({env.get('logical_cores')} logical, {env.get('physical_cores')} physical cores)"),
+        ("memory", f"{env.get('memory_gb')} GB"), ("OS", env.get("os", "?")), ("Python", env.get("python", "?")),
+        ("packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v != "not installed")),
+        ("strategy runtimes", "; ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in vs.items())
+                                        for s, vs in env.get("strategy_runtimes", {}).items())),
+        ("threads", f"intra-op threads per cell as listed (every runtime set explicitly; OMP/MKL env set to match); "
+                    f"thread counts in this run: {cfg.get('threads')}"),
+        ("git", f"{git.get('commit') or 'not a git checkout'}" + (f" on {git.get('branch')}" if git.get("branch") else "")
+         + (" (dirty)" if git.get("dirty") else "")),
+        ("profile", f"{cfg.get('profile')}; sampling: " + ", ".join(f"{k}={v}" for k, v in sampling.items())),
+        ("seed", str(cfg.get("seed"))), ("host", env.get("hostname", "?")), ("CI", str(env.get("ci"))),
+    ]
+    sec.tables.append(Table(["", ""], [[k, str(v)] for k, v in kv], align_numbers=False))
+    sections.append(sec)
+
+    started = meta.get("started")
+    when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M") if started else "?"
+    return Report(
+        title="PyTorch integration strategies: benchmark report",
+        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df)} cells "
+                 f"({int(df.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
+        warnings=warnings, sections=sections,
+    )

@@ -1,0 +1,47 @@
+"""Bring-your-own models used by the tests: factories a user would write in their own package."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TWO_INPUT_SPEC = "features:float32[batch,8]=-2..2; ids:int64[batch,4]=0..50"
+
+
+class TwoInputs(nn.Module):
+    """Float features and int64 ids in; a dict of two float outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.lin = nn.Linear(16, 3)
+
+    def forward(self, features: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.emb(ids).mean(dim=1)
+        h = torch.cat([features, pooled], dim=1)
+        return {"score": self.lin(h), "norm": h.norm(dim=1)}
+
+
+def make_two_inputs() -> nn.Module:
+    return TwoInputs()
+
+
+def make_not_a_module() -> object:
+    return "not a module"
+
+
+class DataDependent(nn.Module):
+    """Branches on a tensor's value: eager torch runs it, torch.export cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.lin(x)
+        return -self.lin(x)
+
+
+def make_data_dependent() -> nn.Module:
+    return DataDependent()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / ".test-output"  # git-ignored
+CACHE = OUTPUT / "cache"  # artifacts shared by every test run (exports are built once)
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Tiny budgets: the tests check behaviour, not figures.
+FAST = ["--warmup", "0.02", "--min-time", "0.05", "--max-time", "0.15", "--concurrency-time", "0.15"]
+
+
+def bench_env() -> dict[str, str]:
+    env = dict(os.environ, BENCH_CACHE_DIR=str(CACHE), PYTHONPATH=str(ROOT))
+    return env
+
+
+def run_bench(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=bench_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real run shared by the report and results tests: every built-in model, both strategies,
+    two batch sizes, two caller counts and a payload sweep."""
+    out = tmp_path_factory.mktemp("quick")
+    p = run_bench("run", "--models", "mlp,cnn,transformer", "--strategies", "torch,onnxruntime",
+                  "--batch-sizes", "1,4", "--concurrency", "1,2", "--payload-sizes", "1KiB,64KiB,1MiB",
+                  "--out", str(out), "--run-id", "quick", *FAST, cwd=out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out / "quick"

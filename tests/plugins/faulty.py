@@ -1,0 +1,53 @@
+"""Strategies that misbehave on purpose, registered through the plugin mechanism (as a user's own
+strategy would be): they prove a failing strategy costs only its own cells."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+
+from strategies import register
+from strategies.base import Arrays, ModelHandle, Session, SessionOptions, Strategy
+from strategies.torch.strategy import TorchSession
+
+
+class _KillsItself(Session):
+    """Runs the real model, then SIGKILLs its own process on the 3rd call (a segfaulting runtime)."""
+
+    def __init__(self, model: ModelHandle, threads: int) -> None:
+        self.inner = TorchSession(model, threads)
+        self.calls = 0
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.run(inputs)
+
+
+class _Wrong(TorchSession):
+    """Correct shapes and dtypes, values off by 0.5: must be marked invalid, never ranked."""
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        return {k: v + np.asarray(0.5, dtype=v.dtype) for k, v in super().run(inputs).items()}
+
+
+@register
+class CrashTest(Strategy):
+    name = "crash-test"
+    summary = "test only: kills its own worker process on the third call"
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return _KillsItself(model, options.threads)
+
+
+@register
+class WrongTest(Strategy):
+    name = "wrong-test"
+    summary = "test only: returns outputs off by 0.5"
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return _Wrong(model, options.threads)
