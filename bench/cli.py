@@ -80,7 +80,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<16} BROKEN: {err}")
     print("\nModels:")
     for m in BUILTIN_MODELS.values():
-        ins = ", ".join(f"{t.name}:{t.dtype}[{','.join(map(str, t.shape))}]" for t in m.inputs)
+        ins = ", ".join(t.describe() for t in m.inputs)
         print(f"  {m.name:<12} {m.description}")
         print(f"  {'':<12} inputs {ins} -> {', '.join(m.outputs)}")
     print("  (bring your own: --model-factory pkg.module:fn --model-inputs 'x:float32[batch,16]', or [[model]] in a config)")

@@ -48,7 +48,7 @@ def probe(job: dict[str, Any]) -> dict[str, Any]:
         with torch.inference_mode():
             raw = model(*to_torch_inputs(spec, make_inputs(spec, 2, seed)))
     except Exception as e:
-        shapes = ", ".join(f"{t.name}:{t.dtype}{list(t.shape)}" for t in spec.inputs)
+        shapes = "; ".join(t.describe() for t in spec.inputs)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise UserError(f"input spec [{shapes}] does not fit model {spec.name!r}: {type(e).__name__}: {first}") from e
     outs = outputs_to_dict(raw, spec.outputs)

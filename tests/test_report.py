@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.conftest import run_bench
+
+SECTIONS = ["decision", "latency", "throughput", "overhead", "payload", "memory", "coldstart", "correctness",
+            "environment"]
+
+
+def test_report_renders_every_section(quick_run: Path, tmp_path: Path):
+    html = (quick_run / "report.html").read_text()
+    for sid in SECTIONS:
+        assert f"<section id={sid}>" in html, sid
+    figures = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]{2000,})'", html)
+    assert len(figures) >= 9  # distributions, p50/p99, 3 throughput, overhead, payload, memory, cold start
+    assert "http://" not in html and "https://" not in html  # self-contained
+    for phrase in ("wins at", "faster than in-process torch", "fit R²", "GB/s", "Cold start", "max abs err"):
+        assert phrase in html, phrase
+    md = (quick_run / "report.md").read_text()
+    for heading in ("## Decision summary", "## Marshaling cost: payload sweep", "## Memory", "## Correctness"):
+        assert heading in md
+    for png in re.findall(r"\]\((report_files/[\w.]+\.png)\)", md):
+        assert (quick_run / png).stat().st_size > 1000
+    # re-rendering from the results folder alone gives the same page structure
+    p = run_bench("report", str(quick_run), cwd=tmp_path)
+    assert p.returncode == 0 and "report.html" in p.stdout
+
+
+def test_decision_table_ranks_both_strategies(quick_run: Path):
+    md = (quick_run / "report.md").read_text()
+    table = md.split("## Decision summary", 1)[1].split("##", 1)[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| mlp") or ln.startswith("| transformer") or ln.startswith("| cnn")]
+    assert len(rows) == 6  # 3 models x 2 batch sizes
+    assert all("torch" in r and "onnxruntime" in r for r in rows)

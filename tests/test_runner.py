@@ -1,0 +1,147 @@
+"""Whole runs in real worker processes: isolation of failures, kill and resume, caching, BYOM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+from bench.results import RunDir
+from reports.tables import decisions
+from tests.byom_models import TWO_INPUT_SPEC
+from tests.conftest import FAST, bench_env, run_bench
+
+
+def _cells(run: Path) -> dict[str, dict]:
+    return {r["cell"]["id"]: r for r in RunDir(run).load_cells()}
+
+
+def test_crashing_and_wrong_strategies_fail_only_their_cells(tmp_path: Path):
+    p = run_bench("run", "--plugin", "tests.plugins.faulty", "--models", "mlp", "--strategies",
+                  "torch,crash-test,wrong-test", "--batch-sizes", "2", "--concurrency", "1",
+                  "--payload-sizes", "none", "--out", str(tmp_path), "--run-id", "r", *FAST, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = _cells(tmp_path / "r")
+    crash, wrong, ok = cells["mlp/crash-test/b2/t1/c1"], cells["mlp/wrong-test/b2/t1/c1"], cells["mlp/torch/b2/t1/c1"]
+    assert crash["status"] == "error" and "SIGKILL" in crash["error"], crash.get("error")
+    assert wrong["status"] == "invalid" and "wrong outputs" in wrong["error"]
+    assert wrong["latency"]["n"] > 0  # measured, but not trusted
+    assert ok["status"] == "ok" and ok["correctness"]["ok"] and ok["latency"]["n"] >= 1
+    # never ranked
+    df = RunDir(tmp_path / "r").frame()
+    (d,) = decisions(df)
+    assert [s for s, *_ in d.ranking] == ["torch"]
+    assert {s for s, _ in d.excluded} == {"crash-test", "wrong-test"}
+    # strict mode turns them into a failing exit status for CI
+    p = run_bench("run", "--resume", str(tmp_path / "r"), "--strict", "--no-report", cwd=tmp_path)
+    assert p.returncode == 1 and "strict: mlp/crash-test/b2/t1/c1 is error" in p.stderr
+
+
+def test_killed_run_leaves_readable_results_and_resumes(tmp_path: Path):
+    args = [sys.executable, "-m", "bench", "run", "--models", "mlp,cnn", "--strategies", "torch,onnxruntime",
+            "--batch-sizes", "1,2", "--concurrency", "1", "--payload-sizes", "none", "--out", str(tmp_path),
+            "--run-id", "k", *FAST]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=bench_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    run = RunDir(tmp_path / "k")
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(run.cells_dir.glob("*.json"))) < 3:
+        time.sleep(0.1)
+    workers = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and anything it started, mid-cell
+    proc.wait()
+    time.sleep(0.5)
+    assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    done = run.load_cells()
+    assert 3 <= len(done) < 8
+    assert all(r["status"] == "ok" for r in done)
+    assert run.meta()["status"] == "running"
+    summary = pd.read_csv(run.path / "summary.csv")  # readable, one row per finished cell
+    assert len(summary) >= 3 and summary.p50_ms.notna().all()
+    before = {r["cell"]["id"]: r["worker_pid"] for r in done}
+
+    p = run_bench("run", "--resume", str(run.path), "--no-report", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "resuming" in p.stderr
+    after = _cells(run.path)
+    assert len(after) == 8 and all(r["status"] == "ok" for r in after.values())
+    assert all(after[k]["worker_pid"] == pid for k, pid in before.items()), "finished cells were measured again"
+    assert run.meta()["status"] == "complete"
+    # the ONNX exports from the first attempt are reused
+    ort = [r for r in after.values() if r["cell"]["strategy"] == "onnxruntime"]
+    assert all(r["prepare"]["cache_hit"] for r in ort if r["cell"]["id"] not in before)
+
+
+def test_bring_your_own_model_from_the_command_line(tmp_path: Path):
+    p = run_bench("run", "--model-factory", "tests.byom_models:make_two_inputs", "--model-inputs", TWO_INPUT_SPEC,
+                  "--model-name", "two", "--strategies", "torch,onnxruntime", "--batch-sizes", "3",
+                  "--concurrency", "1", "--payload-sizes", "none", "--out", str(tmp_path), "--run-id", "b", *FAST,
+                  cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = _cells(tmp_path / "b")
+    assert set(cells) == {"two/torch/b3/t1/c1", "two/onnxruntime/b3/t1/c1"}
+    for r in cells.values():
+        assert r["status"] == "ok", r.get("error")
+        assert set(r["correctness"]["outputs"]) == {"score", "norm"}  # names from the model's dict
+
+
+def test_export_failure_fails_only_that_strategys_cells(tmp_path: Path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("""
+models = ["dd", "mlp"]
+strategies = ["torch", "onnxruntime"]
+batch_sizes = [2]
+concurrency = [1]
+[payload_sweep]
+sizes = []
+[sampling]
+warmup_s = 0.02
+min_time_s = 0.05
+max_time_s = 0.1
+[[model]]
+name = "dd"
+factory = "tests.byom_models:make_data_dependent"
+inputs = "x:float32[batch,4]"
+""")
+    p = run_bench("run", "--config", str(cfg), "--out", str(tmp_path), "--run-id", "e", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = _cells(tmp_path / "e")
+    bad = cells["dd/onnxruntime/b2/t1/c1"]
+    assert bad["status"] == "error" and bad["error"].startswith("prepare failed: ExportError: ONNX export failed")
+    assert "GuardOnDataDependentSymNode" in bad["error"]
+    assert all(cells[c]["status"] == "ok" for c in ("dd/torch/b2/t1/c1", "mlp/torch/b2/t1/c1", "mlp/onnxruntime/b2/t1/c1"))
+    html = (tmp_path / "e" / "report.html").read_text()
+    assert "GuardOnDataDependentSymNode" in html
+
+
+def test_quick_run_results_are_complete(quick_run: Path):
+    run = RunDir(quick_run)
+    meta = run.meta()
+    assert meta["status"] == "complete"
+    env = meta["environment"]
+    for key in ("cpu_model", "logical_cores", "os", "python", "packages", "strategy_runtimes", "git", "thread_env"):
+        assert env.get(key) is not None, key
+    assert env["packages"]["torch"].startswith("2.") and env["strategy_runtimes"]["onnxruntime"]["onnxruntime"]
+    cells = run.load_cells()
+    assert len(cells) == len(meta["cells"]) == 3 * 2 * 2 * 2 + 3 * 2
+    for r in cells:
+        assert r["status"] == "ok", (r["cell"]["id"], r.get("error"))
+        assert len(r["samples_ns"]) == r["latency"]["n"] > 0
+        assert r["memory"]["steady_rss"] > 0 and r["memory"]["peak_rss"] >= r["memory"]["baseline_rss"]
+        assert r["cold_start_s"] >= r["first_call_s"] > 0
+        assert r["throughput"]["samples_per_s"] > 0
+    df = run.frame()
+    assert set(df.columns) >= {"p50_ms", "p99_ms", "iqr_ms", "throughput_sps", "mem_peak_mb", "vs_torch_p50", "max_abs_err"}
+    assert (df[df.strategy == "torch"].vs_torch_p50 == 1.0).all()
+    assert json.loads((quick_run / "summary.json").read_text())[0]["run_id"] == "quick"
+    # the strategies innermost: each row's strategies measured next to each other
+    order = [c["strategy"] for c in meta["cells"][:4]]
+    assert order == ["torch", "onnxruntime", "torch", "onnxruntime"]
