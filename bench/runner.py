@@ -6,6 +6,7 @@ strategy-specific happens in the worker process, inside the strategy's own code.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -55,10 +56,8 @@ def build_matrix(cfg: RunConfig) -> list[Cell]:
 
 def _die_with_parent() -> None:
     """In the child before exec: get SIGKILL if the runner dies, so no worker outlives its run."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -111,14 +110,10 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def kill_current() -> None:

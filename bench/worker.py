@@ -34,10 +34,10 @@ def _reference_path(ref_dir: Path, batch: int) -> Path:
 
 
 def probe(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
     from fixtures.loading import build_model, outputs_to_dict, to_torch_inputs, weights_hash
     from fixtures.specs import ModelSpec, make_inputs
-
-    import torch
 
     spec = ModelSpec.from_json(job["model"])
     seed = job["seed"]

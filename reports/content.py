@@ -135,7 +135,7 @@ def build(run: RunDir) -> Report:
         single = main_valid[main_valid.concurrency == c0]
         sec.figures.append(Figure("p50_p99", plots.p50_p99(single, cmap), "Median and tail per batch size."))
     rows, bad = [], set()
-    for i, r in enumerate(df.itertuples()):
+    for r in df.itertuples():
         if r.status not in ("ok", "invalid"):
             continue
         if r.status == "invalid":

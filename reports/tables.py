@@ -57,12 +57,12 @@ class Decision:
         if not self.winner:
             return "no valid cell"
         parts = [f"**{self.winner}** wins at {fmt_ms(self.winner_p50_ms)} p50"]
-        if self.runner_up and self.margin:
-            parts.append(f"{(self.margin - 1) * 100:.0f}% ahead of {self.runner_up}")
         if self.winner != BASELINE and self.baseline_p50_ms:
             parts.append(f"{self.baseline_p50_ms / self.winner_p50_ms:.2f}x faster than in-process torch")
-        elif self.winner == BASELINE:
-            parts.append("in-process torch is the fastest")
+        if self.runner_up and self.margin and self.runner_up != BASELINE:
+            parts.append(f"{self.margin:.2f}x faster than the runner-up, {self.runner_up}")
+        if self.winner == BASELINE and self.runner_up and self.margin:
+            parts.append(f"in-process torch is the fastest, {self.margin:.2f}x ahead of {self.runner_up}")
         return ", ".join(parts)
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from strategies import register
-from strategies.base import Arrays, Availability, ModelHandle, Session, SessionOptions, Strategy, package_version
+from strategies.base import (
+    Arrays,
+    Availability,
+    ModelHandle,
+    Session,
+    SessionOptions,
+    Strategy,
+    package_version,
+)
 
 MODEL_FILE = "model.onnx"
 EXPORT_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace the batch dimension at 2

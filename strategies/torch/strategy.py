@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ class TorchSession(Session):
         from fixtures.loading import outputs_to_dict
 
         torch.set_num_threads(threads)
-        torch.set_num_interop_threads(1) if torch.get_num_interop_threads() != 1 else None
+        if torch.get_num_interop_threads() != 1:
+            with contextlib.suppress(RuntimeError):  # only settable before any inter-op work started
+                torch.set_num_interop_threads(1)
         self._torch = torch
         self._module = model.build()
         self._names = tuple(t.name for t in model.spec.inputs)
