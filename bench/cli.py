@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     for flag, key in (("--warmup", "warmup_s"), ("--min-time", "min_time_s"), ("--max-time", "max_time_s"),
                       ("--target-ci", "target_rel_ci"), ("--concurrency-time", "concurrency_s")):
         s.add_argument(flag, type=float, dest=key)
+    strategies.discover()
+    flags = {f.flag: f for name in strategies.names() for f in strategies.get(name).cli_flags}
+    if flags:
+        g = r.add_argument_group("strategy settings")
+        for f in flags.values():
+            g.add_argument(f.flag, dest=_flag_dest(f.flag), metavar=f.metavar, help=f.help)
     r.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
     r.add_argument("--run-id", help="name of the results folder (default: timestamp)")
     r.add_argument("--resume", help="finish an interrupted run: its folder or id")
@@ -62,6 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="show strategies (with availability) and models")
     lst.add_argument("--plugin", action="append", default=None)
     return p
+
+
+def _flag_dest(flag: str) -> str:
+    return "strategy_flag_" + flag.lstrip("-").replace("-", "_")
 
 
 # -- list -------------------------------------------------------------------------------------------
@@ -106,6 +116,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "sampling": {k: getattr(args, k) for k in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci", "concurrency_s")
                      if getattr(args, k) is not None},
     }
+    settings: dict[str, dict[str, Any]] = {}
+    for name in strategies.names():
+        for f in strategies.get(name).cli_flags:
+            value = getattr(args, _flag_dest(f.flag), None)
+            if value is not None:
+                settings.setdefault(name, {})[f.key] = value
+    o["strategy_settings"] = settings
     if args.model_factory or args.model_inputs:
         if not (args.model_factory and args.model_inputs):
             raise UserError("--model-factory and --model-inputs go together")

@@ -201,7 +201,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available_strategies: list[str]) -> RunConfig:
     """Profile <- file <- flags. ``overrides`` holds only the flags the user gave."""
-    merged = {**file_data, **{k: v for k, v in overrides.items() if v is not None}}
+    merged = {**file_data, **{k: v for k, v in overrides.items() if v is not None and k != "strategy_settings"}}
     profile = merged.get("profile", "default")
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
@@ -274,4 +274,6 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
         if s not in available_strategies:
             raise UserError(f"[strategy.{s}]: unknown strategy; available: {', '.join(available_strategies)}")
     cfg.strategy_settings = {k: dict(v) for k, v in settings.items()}
+    for name, values in (overrides.get("strategy_settings") or {}).items():  # flags over the file
+        cfg.strategy_settings.setdefault(name, {}).update(values)
     return cfg

@@ -6,8 +6,6 @@ strategy-specific happens in the worker process, inside the strategy's own code.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -20,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import strategies
+from bench.cache import default_cache_dir
 from bench.config import RunConfig
 from bench.errors import UserError
+from bench.processes import die_with_parent, kill_group
 from bench.progress import Progress, fmt_duration
 from bench.results import Cell, RunDir, atomic_write_json
 from fixtures.builtin import IDENTITY_ROW_BYTES
@@ -30,10 +30,6 @@ from fixtures.specs import ModelSpec
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_ALLOWANCE_S = 180.0  # imports, runtime start, server start, first call
 PREPARE_TIMEOUT_S = 1800.0
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE_DIR", ".bench-cache")).resolve()
 
 
 def build_matrix(cfg: RunConfig) -> list[Cell]:
@@ -52,12 +48,6 @@ def build_matrix(cfg: RunConfig) -> list[Cell]:
             c = Cell("identity", s, size // IDENTITY_ROW_BYTES, cfg.threads[0], 1)
             cells.setdefault(c.id, c)
     return list(cells.values())
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL if the runner dies, so no worker outlives its run."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -86,7 +76,7 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", str(job_file)], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=worker_env(threads), start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         _current = proc
         try:
@@ -107,13 +97,6 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
         why = f"worker died with signal {signal.Signals(-rc).name}" if rc < 0 else f"worker exited with status {rc} without a result"
     tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
     return {"ok": False, "status": "error", "error": why, "traceback": "\n".join(tail)}
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 def kill_current() -> None:

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 Z95 = 1.959963984540054
-NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark warns when IQR/median exceeds 10%
+NOISY_IQR_RATIO = 0.10
+MAX_PLAUSIBLE_BANDWIDTH = 1e12  # bytes/s; a fitted slope faster than 1 TB/s is noise, not a copy  # torch.utils.benchmark warns when IQR/median exceeds 10%
 
 
 def median_ci(sorted_x: np.ndarray, z: float = Z95) -> tuple[float, float]:
@@ -79,6 +80,12 @@ class CostFit:
         per_byte = 0.0 if math.isinf(self.bandwidth_Bps) else 1.0 / self.bandwidth_Bps
         return self.fixed_s + np.asarray(nbytes, dtype=np.float64) * per_byte
 
+    def bandwidth_text(self) -> str:
+        bw = self.bandwidth_Bps
+        if math.isinf(bw):
+            return "no per-byte cost"
+        return f"{bw / 1e9:.2f} GB/s" if bw >= 1e9 else f"{bw / 1e6:.1f} MB/s"
+
     def to_json(self) -> dict[str, float | int | None]:
         d = asdict(self)
         d["bandwidth_Bps"] = None if math.isinf(self.bandwidth_Bps) else self.bandwidth_Bps
@@ -97,7 +104,7 @@ def fit_cost(nbytes: list[float] | np.ndarray, latency_s: list[float] | np.ndarr
     design = np.column_stack([np.ones_like(xb), xb]) * w[:, None]
     (a, b), *_ = np.linalg.lstsq(design, y * w, rcond=None)
     a, b = float(a), float(b)
-    if b * xb.max() <= 1e-9 * max(abs(a), 1e-30):  # flat (or rounding noise): all fixed cost
+    if b <= 1.0 / MAX_PLAUSIBLE_BANDWIDTH:  # flat, or a slope no memory copy could produce: noise
         a, b = float(np.sum(w * w * y) / np.sum(w * w)), 0.0
     elif a < 0:  # through the origin: all per-byte cost
         a, b = 0.0, float(np.sum(w * w * xb * y) / np.sum(w * w * xb * xb))

@@ -36,14 +36,13 @@ def _reference_path(ref_dir: Path, batch: int) -> Path:
 def probe(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from fixtures.loading import build_model, outputs_to_dict, to_torch_inputs, weights_hash
+    from fixtures.loading import build_model, model_content_hash, outputs_to_dict, to_torch_inputs
     from fixtures.specs import ModelSpec, make_inputs
 
     spec = ModelSpec.from_json(job["model"])
     seed = job["seed"]
     torch.set_num_threads(1)
     model = build_model(spec, seed)
-    digest = weights_hash(model)
     try:
         with torch.inference_mode():
             raw = model(*to_torch_inputs(spec, make_inputs(spec, 2, seed)))
@@ -56,9 +55,7 @@ def probe(job: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"model {spec.name!r} returns {len(outs)} outputs but its spec names {len(spec.outputs)}")
     names = tuple(outs)
     spec = spec.with_outputs(names)
-    # The content hash covers weights, spec and torch version, so a changed model never reuses artifacts.
-    h = __import__("hashlib").sha256(json.dumps([digest, spec.to_json(), seed, torch.__version__], sort_keys=True).encode())
-    content_hash = h.hexdigest()[:20]
+    content_hash = model_content_hash(model, spec, seed)  # a changed model never reuses artifacts
     ref_dir = Path(job["refs_root"]) / f"{spec.name}-{content_hash}"
     ref_dir.mkdir(parents=True, exist_ok=True)
     for batch in job["batches"]:

@@ -86,6 +86,15 @@ def build(run: RunDir) -> Report:
     if len(noisy):
         warnings.append(f"{len(noisy)} cell(s) have an IQR above 10% of the median: compare their percentiles, "
                         f"not only medians ({', '.join(noisy.cell_id[:5])}{' ...' if len(noisy) > 5 else ''}).")
+    sessions: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r.get("session"):
+            sessions.setdefault(r["cell"]["strategy"], r["session"])
+    remote = {s: d for s, d in sessions.items() if d.get("remote")}
+    if remote:
+        warnings.append("Measured against a server started elsewhere: " + "; ".join(
+            f"**{s}** via {d.get('transport')}" for s, d in sorted(remote.items()))
+            + ". Their latency includes that network; their memory counts only this machine's client.")
     if env.get("git", {}).get("dirty"):
         warnings.append("The working tree had uncommitted changes when this run started.")
 
@@ -117,7 +126,7 @@ def build(run: RunDir) -> Report:
     if fits:
         sec.text.append("Marshaling (identity model): " + "; ".join(
             f"{s} costs {fmt_ms(f.fixed_s * 1e3)} per call + "
-            + ("nothing measurable per byte" if math.isinf(f.bandwidth_Bps) else f"1 GB per {1e9 / f.bandwidth_Bps:.2f} s ({f.bandwidth_Bps / 1e9:.2f} GB/s)")
+            + ("nothing measurable per byte" if math.isinf(f.bandwidth_Bps) else f"{1e9 / f.bandwidth_Bps * 1e3:.3g} ms per GB ({f.bandwidth_text()})")
             for s, f in sorted(fits.items())) + ".")
     sections.append(sec)
 
@@ -195,7 +204,7 @@ def build(run: RunDir) -> Report:
                         "1/latency so small and large payloads count alike); bytes are input plus output.")
         sec.figures.append(Figure("payload_sweep", plots.payload_sweep(ident, fits, cmap), "Median with its 95% CI; lines are the fits."))
         sec.tables.append(Table(["strategy", "fixed cost per call", "bandwidth", "fit R²", "sizes"], [
-            [s, fmt_ms(f.fixed_s * 1e3), "∞ (no per-byte cost seen)" if math.isinf(f.bandwidth_Bps) else f"{f.bandwidth_Bps / 1e9:.2f} GB/s",
+            [s, fmt_ms(f.fixed_s * 1e3), "∞ (no per-byte cost seen)" if math.isinf(f.bandwidth_Bps) else f.bandwidth_text(),
              "-" if math.isinf(f.bandwidth_Bps) else f"{f.r2:.3f}", str(f.points)] for s, f in sorted(fits.items())]))
         sizes = sorted(ident.payload_bytes.unique())
         strats = sorted(ident.strategy.unique(), key=lambda s: (s != BASELINE, s))
@@ -247,16 +256,17 @@ def build(run: RunDir) -> Report:
     sections.append(sec)
 
     # -- breakdown -----------------------------------------------------------------------------------
-    phase_rows = [(r["cell"]["id"], {k: v["p50"] for k, v in r["phases"].items()}) for r in results
-                  if r.get("phases") and r["status"] == "ok"]
+    phase_rows = [(r["cell"]["id"], {k: v["p50"] for k, v in r["phases"].items()}, r["latency"]["p50"])
+                  for r in results if r.get("phases") and r["status"] == "ok"]
     if phase_rows:
         sec = Section("breakdown", "Where the time goes")
         sec.text.append("Median of each phase of a call, as the strategy measured it (marshal in, transport, "
                         "compute, marshal out). Phase medians need not add up exactly to the call's median.")
         sec.figures.append(Figure("breakdown", plots.breakdown(phase_rows, "Per-call breakdown"), ""))
-        names = list(dict.fromkeys(p for _, ph in phase_rows for p in ph))
-        sec.tables.append(Table(["cell"] + names, [[cid] + [fmt_ms(ph[p] * 1e3) if p in ph else "-" for p in names]
-                                                   for cid, ph in phase_rows]))
+        names = list(dict.fromkeys(p for _, ph, _ in phase_rows for p in ph))
+        sec.tables.append(Table(["cell", "call p50"] + names, [
+            [cid, fmt_ms(total * 1e3)] + [fmt_ms(ph[p] * 1e3) if p in ph else "-" for p in names]
+            for cid, ph, total in phase_rows]))
         sections.append(sec)
 
     # -- correctness ---------------------------------------------------------------------------------
@@ -306,7 +316,7 @@ def build(run: RunDir) -> Report:
          + (" (dirty)" if git.get("dirty") else "")),
         ("profile", f"{cfg.get('profile')}; sampling: " + ", ".join(f"{k}={v}" for k, v in sampling.items())),
         ("seed", str(cfg.get("seed"))), ("host", env.get("hostname", "?")), ("CI", str(env.get("ci"))),
-    ]
+    ] + [(f"session: {s}", ", ".join(f"{k} {v}" for k, v in d.items())) for s, d in sorted(sessions.items())]
     sec.tables.append(Table(["", ""], [[k, str(v)] for k, v in kv], align_numbers=False))
     sections.append(sec)
 

@@ -172,7 +172,7 @@ def payload_sweep(df: pd.DataFrame, fits: dict[str, CostFit], cmap: dict[str, st
         if s in fits:
             xs = np.geomspace(g.payload_bytes.min(), g.payload_bytes.max(), 60)
             f = fits[s]
-            bw = "no per-byte cost" if math.isinf(f.bandwidth_Bps) else f"bytes / {f.bandwidth_Bps / 1e9:.2f} GB/s"
+            bw = f.bandwidth_text() if math.isinf(f.bandwidth_Bps) else f"bytes / {f.bandwidth_text()}"
             ax.plot(xs, f.predict(xs), "-", color=cmap[s], alpha=0.7, label=f"  fit: {_fmt_s(f.fixed_s)} + {bw}")
     ax.set_xscale("log", base=2)
     sizes = sorted(df.payload_bytes.unique())
@@ -213,19 +213,24 @@ def grouped_bars(df: pd.DataFrame, value: str, cmap: dict[str, str], ylabel: str
     return _png(fig)
 
 
-def breakdown(rows: list[tuple[str, dict[str, float]]], title: str) -> bytes:
-    """Stacked horizontal bars: median time of each phase of a call, per cell."""
-    phases = list(dict.fromkeys(p for _, ph in rows for p in ph))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+def breakdown(rows: list[tuple[str, dict[str, float], float]], title: str) -> bytes:
+    """Each call's phases as a share of the call (so a 500 ms cell and a 50 µs cell are both
+    readable), with the call's median written at the end of its bar."""
+    phases = list(dict.fromkeys(p for _, ph, _ in rows for p in ph))
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))
     left = np.zeros(len(rows))
+    totals = np.array([sum(ph.values()) or 1.0 for _, ph, _ in rows])
     for i, p in enumerate(phases):
-        vals = np.array([ph.get(p, 0.0) for _, ph in rows]) * 1e6
-        ax.barh(range(len(rows)), vals, left=left, color=PALETTE[i % len(PALETTE)], label=p)
-        left += vals
-    ax.set_yticks(range(len(rows)), [r for r, _ in rows], fontsize=8)
+        share = np.array([ph.get(p, 0.0) for _, ph, _ in rows]) / totals * 100
+        ax.barh(range(len(rows)), share, left=left, color=PALETTE[i % len(PALETTE)], label=p, height=0.75)
+        left += share
+    for y, (_, _, median) in enumerate(rows):
+        ax.text(101, y, _fmt_s(median), va="center", fontsize=7.5)
+    ax.set_yticks(range(len(rows)), [r for r, _, _ in rows], fontsize=7.5)
     ax.invert_yaxis()
-    ax.set_xlabel("median µs per call")
-    ax.legend(fontsize=8, ncols=min(len(phases), 5), loc="lower right")
+    ax.set_xlim(0, 112)
+    ax.set_xlabel("share of the call (%), median per phase; call's p50 at right")
+    ax.legend(fontsize=8, ncols=min(len(phases), 6), loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(len(rows), 1) - 0.06))
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     return _png(fig)

@@ -56,6 +56,17 @@ class SessionOptions:
     settings: Mapping[str, Any] = field(default_factory=dict)  # strategy-specific, from the config
 
 
+@dataclass(frozen=True)
+class CliFlag:
+    """A command-line flag a strategy adds to ``bench run``; its value lands in ``settings[key]`` of
+    every strategy that declares the same flag."""
+
+    flag: str
+    key: str
+    help: str
+    metavar: str = "VALUE"
+
+
 @dataclass
 class ModelHandle:
     """What prepare() and open() get: the spec, and the torch module built on demand."""
@@ -150,6 +161,8 @@ class Strategy(ABC):
     concurrent_calls: ClassVar[bool] = True
     #: whether prepare() produces artifacts (otherwise it is never called)
     needs_artifacts: ClassVar[bool] = False
+    #: extra `bench run` flags this strategy takes (values arrive in SessionOptions.settings)
+    cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
 
     def available(self) -> Availability:
         return Availability(True)

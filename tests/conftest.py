@@ -28,11 +28,24 @@ def run_bench(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Complet
 
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real run shared by the report and results tests: every built-in model, both strategies,
+    """One real run shared by the report and results tests: every built-in model, every strategy,
     two batch sizes, two caller counts and a payload sweep."""
     out = tmp_path_factory.mktemp("quick")
-    p = run_bench("run", "--models", "mlp,cnn,transformer", "--strategies", "torch,onnxruntime",
+    p = run_bench("run", "--models", "mlp,cnn,transformer", "--strategies", "torch,onnxruntime,grpc,grpc-naive,grpc-uds",
                   "--batch-sizes", "1,4", "--concurrency", "1,2", "--payload-sizes", "1KiB,64KiB,1MiB",
                   "--out", str(out), "--run-id", "quick", *FAST, cwd=out)
     assert p.returncode == 0, p.stderr[-3000:]
     return out / "quick"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_server_outlives_the_tests():
+    yield
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "strategies.grpc.server" in cmd or "bench.worker" in cmd:
+            left.append(f"{p.info['pid']}: {cmd[:120]}")
+    assert not left, "processes left behind by the tests:\n" + "\n".join(left)

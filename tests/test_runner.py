@@ -131,7 +131,7 @@ def test_quick_run_results_are_complete(quick_run: Path):
         assert env.get(key) is not None, key
     assert env["packages"]["torch"].startswith("2.") and env["strategy_runtimes"]["onnxruntime"]["onnxruntime"]
     cells = run.load_cells()
-    assert len(cells) == len(meta["cells"]) == 3 * 2 * 2 * 2 + 3 * 2
+    assert len(cells) == len(meta["cells"]) == 3 * 5 * 2 * 2 + 3 * 5
     for r in cells:
         assert r["status"] == "ok", (r["cell"]["id"], r.get("error"))
         assert len(r["samples_ns"]) == r["latency"]["n"] > 0
@@ -143,5 +143,5 @@ def test_quick_run_results_are_complete(quick_run: Path):
     assert (df[df.strategy == "torch"].vs_torch_p50 == 1.0).all()
     assert json.loads((quick_run / "summary.json").read_text())[0]["run_id"] == "quick"
     # the strategies innermost: each row's strategies measured next to each other
-    order = [c["strategy"] for c in meta["cells"][:4]]
-    assert order == ["torch", "onnxruntime", "torch", "onnxruntime"]
+    order = [c["strategy"] for c in meta["cells"][:10]]
+    assert order == ["torch", "onnxruntime", "grpc", "grpc-naive", "grpc-uds"] * 2

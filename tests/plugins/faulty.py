@@ -51,3 +51,34 @@ class WrongTest(Strategy):
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return _Wrong(model, options.threads)
+
+
+class _ServerDies(Session):
+    """A real gRPC session whose server is SIGKILLed on the 5th call, as a crashed service would be."""
+
+    def __init__(self, model: ModelHandle, options: SessionOptions) -> None:
+        from strategies.grpc.strategy import GrpcSession
+
+        self.inner = GrpcSession(model, options, "raw", "tcp")
+        self.calls = 0
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls == 5 and self.inner.server is not None:
+            self.inner.server.kill()
+        return self.inner.run(inputs)
+
+    def pids(self) -> list[tuple[int, str]]:
+        return self.inner.pids()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@register
+class GrpcServerDies(Strategy):
+    name = "grpc-dies-test"
+    summary = "test only: the gRPC server is killed mid-cell"
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return _ServerDies(model, options)

@@ -1,0 +1,216 @@
+"""Client side of the gRPC strategies: starts the server process (or reaches a remote one), one
+channel per cell, a deadline on every call, and a per-call breakdown from the server's trailing
+metadata: client encode, transport (network, HTTP/2 framing, queueing), server decode, compute,
+server encode, client decode."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from strategies import register
+from strategies.base import (
+    Arrays,
+    Availability,
+    CliFlag,
+    ModelHandle,
+    Session,
+    SessionOptions,
+    Strategy,
+    package_version,
+)
+from strategies.grpc import codec
+from strategies.grpc.server import TIMING_KEY
+
+DEFAULT_DEADLINE_S = 30.0
+STARTUP_TIMEOUT_S = 120.0
+SERVER_MODULE = "strategies.grpc.server"
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+class GrpcSession(Session):
+    phases = ("client_encode", "transport", "server_decode", "server_compute", "server_encode", "client_decode")
+
+    def __init__(self, model: ModelHandle, options: SessionOptions, encoding: str, transport: str) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from strategies.grpc import stubs
+        from strategies.grpc.server import DEFAULT_MAX_MESSAGE_BYTES, SERVICE, message_options
+
+        self.grpc = grpc
+        self.pb2, services = stubs.load()
+        self.encoding, self.transport = encoding, transport
+        self.spec = model.spec
+        s = options.settings
+        self.deadline = float(s.get("deadline_s", DEFAULT_DEADLINE_S))
+        self.max_bytes = int(s.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+        self.server: subprocess.Popen | None = None
+        self.tmp: Path | None = None
+        self.target = s.get("target") if transport == "tcp" else None
+        self._phases: dict[str, int] = {}
+        self._headers: dict[tuple, bytes] = {}
+        try:
+            address = self.target or self._start_server(model, options)
+            self.address = address
+            self.channel = grpc.insecure_channel(address, options=message_options(self.max_bytes))
+            self._wait_ready(health_pb2, health_pb2_grpc.HealthStub(self.channel), float(s.get("startup_timeout_s", STARTUP_TIMEOUT_S)))
+            stub = services.GRPCInferenceServiceStub(self.channel)
+            meta = stub.ModelMetadata(self.pb2.ModelMetadataRequest(name=model.spec.name), timeout=self.deadline)
+            if model.content_hash and meta.content_hash != model.content_hash:
+                raise RuntimeError(f"the server at {address} serves model {meta.name!r} (content hash {meta.content_hash}), "
+                                   f"not this run's {model.spec.name!r} ({model.content_hash}); start it with the same "
+                                   "model and seed")
+            # bytes in, bytes out: codec.serialize/parse do the protobuf framing with one copy per tensor
+            self.infer = self.channel.unary_unary(f"/{SERVICE}/ModelInfer")
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_server(self, model: ModelHandle, options: SessionOptions) -> str:
+        from bench.processes import die_with_parent
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="grpc-server-"))
+        spec_file, port_file, log = self.tmp / "spec.json", self.tmp / "port.json", self.tmp / "server.log"
+        spec_file.write_text(json.dumps(model.spec.to_json()))
+        cmd = [sys.executable, "-m", SERVER_MODULE, "--model-spec", str(spec_file), "--seed", str(model.seed),
+               "--threads", str(options.threads), "--workers", str(max(4, 2 * options.concurrency)),
+               "--max-message-bytes", str(self.max_bytes), "--port-file", str(port_file), "--die-with-parent"]
+        cmd += ["--uds", str(self.tmp / "grpc.sock")] if self.transport == "uds" else ["--host", "127.0.0.1", "--port", "0"]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path[1:], env.get("PYTHONPATH", "")])
+        with open(log, "wb") as f:
+            self.server = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                           preexec_fn=die_with_parent)
+        deadline = time.monotonic() + float(options.settings.get("startup_timeout_s", STARTUP_TIMEOUT_S))
+        while not port_file.exists():
+            if self.server.poll() is not None:
+                raise ServerStartError(f"gRPC server exited with status {self.server.returncode} before serving: "
+                                       + " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:]))
+            if time.monotonic() > deadline:
+                raise ServerStartError("gRPC server did not start within its startup timeout")
+            time.sleep(0.02)
+        return json.loads(port_file.read_text())["address"]
+
+    def _wait_ready(self, health_pb2, health, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                r = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except self.grpc.RpcError as e:
+                last = e
+            time.sleep(0.05)
+        detail = f": {last.code().name} {last.details()}" if isinstance(last, self.grpc.RpcError) else ""
+        raise ServerStartError(f"gRPC server at {getattr(self, 'address', '?')} not SERVING within {timeout_s:.0f}s{detail}")
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        clock = time.perf_counter_ns
+        t0 = clock()
+        if self.encoding == codec.RAW:
+            # the tensor metadata only changes with names, dtypes and shapes: serialise it once
+            key = tuple((k, v.dtype.str, v.shape) for k, v in inputs.items())
+            header = self._headers.get(key)
+            if header is None:
+                header = self._headers[key] = codec.request_message(
+                    self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
+            request = codec.frame(header, codec.REQUEST_RAW_FIELD, list(inputs.values()))
+        else:
+            request = codec.request_message(self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
+        t1 = clock()
+        data, call = self.infer.with_call(request, timeout=self.deadline)
+        t2 = clock()
+        response, raw_out = codec.parse(self.pb2.ModelInferResponse, data, codec.RESPONSE_RAW_FIELD)
+        outputs = codec.decode(response.outputs, raw_out, self.encoding)
+        t3 = clock()
+        timing = dict(call.trailing_metadata() or ()).get(TIMING_KEY, "0,0,0")
+        server = dict(zip(("decode", "compute", "encode"), map(int, timing.split(","))))
+        self._phases = {
+            "client_encode": t1 - t0, "transport": max(0, t2 - t1 - sum(server.values())),
+            "server_decode": server["decode"], "server_compute": server["compute"], "server_encode": server["encode"],
+            "client_decode": t3 - t2,
+        }
+        return outputs
+
+    def last_phases_ns(self) -> dict[str, int]:
+        return self._phases
+
+    def pids(self) -> list[tuple[int, str]]:
+        return [(self.server.pid, "grpc server")] if self.server else []
+
+    def describe(self) -> dict[str, Any]:
+        where = f"remote server {self.target}" if self.target else (
+            "Unix domain socket" if self.transport == "uds" else "TCP loopback 127.0.0.1")
+        return {"transport": where, "encoding": self.encoding, "remote": bool(self.target),
+                "deadline_s": self.deadline, "max_message_bytes": self.max_bytes}
+
+    def close(self) -> None:
+        from bench.processes import stop
+
+        channel = getattr(self, "channel", None)
+        if channel is not None:
+            channel.close()
+        if self.server is not None:
+            stop(self.server)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class _Grpc(Strategy):
+    encoding: ClassVar[str] = codec.RAW
+    transport: ClassVar[str] = "tcp"
+    concurrent_calls = True
+
+    def available(self) -> Availability:
+        for module, dist in (("grpc", "grpcio"), ("grpc_tools", "grpcio-tools"), ("grpc_health", "grpcio-health-checking")):
+            a = Availability.missing_module(module, f"pip install {dist}")
+            if not a.ok:
+                return a
+        return Availability(True)
+
+    def runtime_versions(self) -> dict[str, str]:
+        return {d: package_version(d) for d in ("grpcio", "grpcio-tools", "grpcio-health-checking", "protobuf", "torch")}
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return GrpcSession(model, options, self.encoding, self.transport)
+
+
+TARGET_FLAG = CliFlag("--grpc-target", "target",
+                      "host:port of a server started elsewhere (python -m strategies.grpc.server); the TCP gRPC "
+                      "strategies then measure over that network instead of starting their own server", "HOST:PORT")
+
+
+@register
+class Grpc(_Grpc):
+    name = "grpc"
+    summary = "model in a gRPC server process (KServe-v2-style protocol, raw bytes), TCP loopback"
+    cli_flags = (TARGET_FLAG,)
+
+
+@register
+class GrpcNaive(_Grpc):
+    name = "grpc-naive"
+    summary = "as grpc, but tensors sent as JSON lists, the way quick examples do it"
+    encoding = codec.JSON
+    cli_flags = (TARGET_FLAG,)
+
+
+@register
+class GrpcUds(_Grpc):
+    name = "grpc-uds"
+    summary = "as grpc (raw bytes), over a Unix domain socket instead of TCP"
+    transport = "uds"

@@ -1,0 +1,205 @@
+"""The gRPC strategies against a real server process on loopback (no mocked channel)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from bench.results import RunDir
+from fixtures.builtin import BUILTIN_MODELS
+from fixtures.specs import make_inputs
+from strategies.base import ModelHandle, SessionOptions
+from strategies.grpc import codec, stubs
+from strategies.grpc.strategy import GrpcSession
+from tests.conftest import FAST, bench_env, run_bench
+
+MLP = BUILTIN_MODELS["mlp"]
+
+
+def start_server(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, dict]:
+    port_file = tmp_path / f"port-{time.monotonic_ns()}.json"
+    proc = subprocess.Popen([sys.executable, "-m", "strategies.grpc.server", "--port", "0", "--port-file", str(port_file),
+                             *args], env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    return proc, json.loads(port_file.read_text())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """A server started by hand, as an operator would, with a 2 MiB message limit."""
+    proc, info = start_server(tmp_path_factory.mktemp("srv"), "--model", "mlp", "--max-message-bytes", str(2 * 2**20))
+    channel = grpc.insecure_channel(info["address"])
+    pb2, services = stubs.load()
+    yield proc, info, services.GRPCInferenceServiceStub(channel), pb2
+    channel.close()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0  # graceful shutdown
+
+
+def _valid(pb2, batch: int = 2):
+    return codec.encode_request(pb2, make_inputs(MLP, batch, 0), codec.RAW, "mlp")
+
+
+def _code(fn) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details()
+
+
+def test_server_binds_loopback_and_reports_health(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _, info, _, _ = server
+    assert info["address"].startswith("127.0.0.1:")
+    with grpc.insecure_channel(info["address"]) as ch:
+        r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_bad_requests_get_codes_and_the_server_keeps_serving(server):
+    _, _, stub, pb2 = server
+    x = make_inputs(MLP, 2, 0)["x"]
+    cases = {
+        "name": ({"features": x}, "missing ['x']"),
+        "dtype": ({"x": x.astype(np.float64)}, "datatype FP64 but the model takes FP32"),
+        "shape": ({"x": x[:, :100]}, "shape [2, 100] does not fit float32[batch,256]"),
+        "rank": ({"x": x[0]}, "rank 1"),
+    }
+    for what, (arrays, fragment) in cases.items():
+        code, details = _code(lambda a=arrays: stub.ModelInfer(codec.encode_request(pb2, a, codec.RAW, "mlp"), timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, (what, code, details)
+    req = _valid(pb2)
+    req.raw_input_contents[0] = req.raw_input_contents[0][:-4]
+    code, details = _code(lambda: stub.ModelInfer(req, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "bytes for shape" in details
+    req = _valid(pb2)
+    req.parameters["encoding"].string_param = "pickle"
+    assert _code(lambda: stub.ModelInfer(req, timeout=10))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    bad_json = codec.encode_request(pb2, {"x": x}, codec.JSON, "mlp")
+    bad_json.inputs[0].contents.bytes_contents[0] = b"__import__('os').system('true')"
+    code, details = _code(lambda: stub.ModelInfer(bad_json, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a JSON list" in details
+    code, _ = _code(lambda: stub.ModelInfer(codec.encode_request(pb2, {"x": x}, codec.RAW, "resnet"), timeout=10))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = _code(lambda: stub.ModelInfer(_valid(pb2, batch=2048), timeout=10))  # 2 MiB + framing > limit
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # still serving, and right
+    resp = stub.ModelInfer(_valid(pb2), timeout=10)
+    out = codec.decode(resp.outputs, resp.raw_output_contents, codec.RAW)
+    assert out["logits"].shape == (2, 10)
+
+
+def test_metadata_describes_the_model(server):
+    _, info, stub, pb2 = server
+    m = stub.ModelMetadata(pb2.ModelMetadataRequest(name="mlp"), timeout=10)
+    assert m.name == "mlp" and m.inputs[0].datatype == "FP32" and list(m.inputs[0].shape) == [-1, 256]
+    assert m.content_hash == info["content_hash"] and m.outputs[0].name == "logits"
+
+
+def test_killed_server_fails_the_call_within_the_deadline():
+    session = GrpcSession(ModelHandle(MLP, 0), SessionOptions(1, 1, {"deadline_s": 3.0}), codec.RAW, "tcp")
+    try:
+        x = make_inputs(MLP, 1, 0)
+        session.run(x)
+        assert session.last_phases_ns()["server_compute"] > 0
+        session.server.kill()
+        session.server.wait()
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            session.run(x)
+        assert time.monotonic() - t0 < 3.5
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        session.close()
+
+
+def test_server_dies_with_its_client(tmp_path: Path):
+    """The worker (client) is SIGKILLed: its server goes too (parent-death signal)."""
+    import psutil
+
+    code = ("from strategies.grpc.strategy import GrpcSession; from strategies.base import ModelHandle, SessionOptions; "
+            "from fixtures.builtin import BUILTIN_MODELS; import time; "
+            "s = GrpcSession(ModelHandle(BUILTIN_MODELS['identity'], 0), SessionOptions(1), 'raw', 'tcp'); "
+            "print(s.server.pid, flush=True); time.sleep(600)")
+    client = subprocess.Popen([sys.executable, "-c", code], env=bench_env(), stdout=subprocess.PIPE, text=True)
+    server_pid = int(client.stdout.readline())
+    assert psutil.pid_exists(server_pid)
+    client.kill()
+    client.wait()
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(server_pid) and psutil.Process(server_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "server outlived its client"
+        time.sleep(0.05)
+
+
+def test_run_with_remote_target_and_server_killed_mid_cell(tmp_path: Path):
+    proc, info = start_server(tmp_path, "--model", "mlp")
+    try:
+        p = run_bench("run", "--plugin", "tests.plugins.faulty", "--models", "mlp", "--strategies",
+                      "grpc,grpc-naive,grpc-dies-test,torch", "--grpc-target", info["address"], "--batch-sizes", "2",
+                      "--concurrency", "1", "--payload-sizes", "none", "--out", str(tmp_path), "--run-id", "r", *FAST,
+                      cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    cells = {r["cell"]["strategy"]: r for r in RunDir(tmp_path / "r").load_cells()}
+    for s in ("grpc", "grpc-naive"):
+        assert cells[s]["status"] == "ok", cells[s].get("error")
+        assert cells[s]["session"]["remote"] and info["address"] in cells[s]["session"]["transport"]
+        assert len(cells[s]["memory"]["processes"]) == 1  # the remote server is not ours to measure
+    dead = cells["grpc-dies-test"]
+    assert dead["status"] == "error" and "StatusCode.UNAVAILABLE" in dead["error"], dead.get("error")
+    assert dead["wall_s"] < 60
+    assert cells["torch"]["status"] == "ok"
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert f"remote server {info['address']}" in html
+
+
+def test_remote_server_with_other_weights_is_refused(tmp_path: Path):
+    proc, info = start_server(tmp_path, "--model", "mlp", "--seed", "1")
+    try:
+        with pytest.raises(RuntimeError, match="not this run's 'mlp'"):
+            GrpcSession(ModelHandle(MLP.with_outputs(("logits",)), 0, _probe_hash()),
+                        SessionOptions(1, 1, {"target": info["address"]}), codec.RAW, "tcp")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def _probe_hash() -> str:
+    from fixtures.loading import build_model, model_content_hash
+
+    return model_content_hash(build_model(MLP, 0), MLP, 0)
+
+
+def test_grpc_cells_report_breakdown_and_server_memory(quick_run: Path):
+    cells = [r for r in RunDir(quick_run).load_cells(samples=False) if r["cell"]["strategy"].startswith("grpc")]
+    assert {r["cell"]["strategy"] for r in cells} == {"grpc", "grpc-naive", "grpc-uds"}
+    for r in cells:
+        assert r["status"] == "ok", (r["cell"]["id"], r.get("error"))
+        procs = r["memory"]["processes"]
+        assert [p["role"] for p in procs] == ["worker", "grpc server"] and procs[1]["peak"] > 50 * 2**20
+        if r["cell"]["concurrency"] == 1:
+            ph = r["phases"]
+            assert set(ph) == set(GrpcSession.phases) and ph["server_compute"]["p50"] > 0
+    html = (quick_run / "report.html").read_text()
+    assert "<section id=breakdown>" in html and "server_compute" in html
+
+
+def test_stubs_generate_from_the_proto(tmp_path: Path):
+    stubs.generate(tmp_path / "stubs")
+    text = (tmp_path / "stubs" / "interop_inference_pb2_grpc.py").read_text()
+    assert "def ModelInfer" in text and "def ModelMetadata" in text
