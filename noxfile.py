@@ -37,4 +37,5 @@ def bench(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     """Benchmarks of the harness itself; they print figures (targets are reported, not asserted)."""
     _install(session)
-    session.run("python", "-m", "tests.benchmarks.harness_overhead", *session.posargs)
+    session.run("python", "-m", "tests.benchmarks.harness_overhead")
+    session.run("python", "-m", "tests.benchmarks.grpc_overhead")

@@ -46,11 +46,13 @@ class Sampled:
 
 
 def warm_up(session: Session, inputs: Arrays, cfg: SamplingConfig) -> tuple[int, float]:
-    """Run until both warmup_s and warmup_calls are reached; return calls made and the typical call time.
-    Chunks double in size so a foreign runtime's per-chunk crossing does not dominate."""
-    t_end = time.perf_counter() + cfg.warmup_s
+    """Run until both warmup_s and warmup_calls are reached, but never past warmup_s + max_time_s
+    (a call slower than the whole budget warms up once); return calls made and the typical call
+    time. Chunks double in size so a foreign runtime's per-chunk crossing does not dominate."""
+    start = time.perf_counter()
+    t_end, hard_end = start + cfg.warmup_s, start + cfg.warmup_s + cfg.max_time_s
     calls, chunk, per_call = 0, 1, None
-    while calls < cfg.warmup_calls or time.perf_counter() < t_end:
+    while (calls < cfg.warmup_calls or time.perf_counter() < t_end) and (not calls or time.perf_counter() < hard_end):
         lat = session.time_calls(inputs, chunk).latency_ns
         calls += chunk
         per_call = float(np.median(lat)) / 1e9

@@ -119,12 +119,6 @@ def parse_message(cls, data: bytes):
         raise BadRequest(f"malformed message: {e}") from None
 
 
-def parse(cls, data: bytes, raw_field: int):
-    """(message without its raw contents, [memoryview of each raw content])."""
-    rest, raws = split(data, raw_field)
-    return parse_message(cls, rest), raws
-
-
 def from_raw(layout: list[tuple[str, np.dtype, tuple[int, ...]]], raw: list[memoryview]) -> dict[str, np.ndarray]:
     """Arrays over raw contents whose names, dtypes and shapes are already known and validated."""
     if len(raw) != len(layout):

@@ -71,7 +71,7 @@ class InferenceServicer:
 
     def ModelInfer(self, data: bytes, context) -> bytes:
         """Bytes in, bytes out: the request's tensors are read where gRPC put them (no copy) and the
-        response's are written once into the wire buffer (codec.parse / codec.serialize)."""
+        response's are written once into the wire buffer (codec.split / codec.frame)."""
         clock = time.perf_counter_ns
         t0 = clock()
         codec, grpc = self.codec, self.grpc

@@ -31,7 +31,7 @@ from strategies.base import (
 from strategies.grpc import codec
 from strategies.grpc.server import TIMING_KEY
 
-DEFAULT_DEADLINE_S = 30.0
+BASE_DEADLINE_S = 10.0  # per call, plus 1 s per MB sent and received: slow is allowed, hung is not
 STARTUP_TIMEOUT_S = 120.0
 SERVER_MODULE = "strategies.grpc.server"
 
@@ -55,20 +55,21 @@ class GrpcSession(Session):
         self.encoding, self.transport = encoding, transport
         self.spec = model.spec
         s = options.settings
-        self.deadline = float(s.get("deadline_s", DEFAULT_DEADLINE_S))
+        self.fixed_deadline = float(s["deadline_s"]) if "deadline_s" in s else None
         self.max_bytes = int(s.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
         self.server: subprocess.Popen | None = None
         self.tmp: Path | None = None
         self.target = s.get("target") if transport == "tcp" else None
         self._phases: dict[str, int] = {}
-        self._headers: dict[tuple, bytes] = {}
+        self._headers: dict[tuple, bytes] = {}  # request metadata by input signature
+        self._layouts: dict[bytes, list] = {}  # output layout by response metadata bytes
         try:
             address = self.target or self._start_server(model, options)
             self.address = address
             self.channel = grpc.insecure_channel(address, options=message_options(self.max_bytes))
             self._wait_ready(health_pb2, health_pb2_grpc.HealthStub(self.channel), float(s.get("startup_timeout_s", STARTUP_TIMEOUT_S)))
             stub = services.GRPCInferenceServiceStub(self.channel)
-            meta = stub.ModelMetadata(self.pb2.ModelMetadataRequest(name=model.spec.name), timeout=self.deadline)
+            meta = stub.ModelMetadata(self.pb2.ModelMetadataRequest(name=model.spec.name), timeout=BASE_DEADLINE_S)
             if model.content_hash and meta.content_hash != model.content_hash:
                 raise RuntimeError(f"the server at {address} serves model {meta.name!r} (content hash {meta.content_hash}), "
                                    f"not this run's {model.spec.name!r} ({model.content_hash}); start it with the same "
@@ -132,10 +133,17 @@ class GrpcSession(Session):
         else:
             request = codec.request_message(self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
         t1 = clock()
-        data, call = self.infer.with_call(request, timeout=self.deadline)
+        data, call = self.infer.with_call(request, timeout=self.deadline(len(request)))
         t2 = clock()
-        response, raw_out = codec.parse(self.pb2.ModelInferResponse, data, codec.RESPONSE_RAW_FIELD)
-        outputs = codec.decode(response.outputs, raw_out, self.encoding)
+        meta, raw_out = codec.split(data, codec.RESPONSE_RAW_FIELD)
+        layout = self._layouts.get(meta) if self.encoding == codec.RAW else None
+        if layout is not None:  # same output metadata as before: only the data is new
+            outputs = codec.from_raw(layout, raw_out)
+        else:
+            response = codec.parse_message(self.pb2.ModelInferResponse, meta)
+            outputs = codec.decode(response.outputs, raw_out, self.encoding)
+            if self.encoding == codec.RAW and len(self._layouts) < 64:
+                self._layouts[meta] = [(k, a.dtype, a.shape) for k, a in outputs.items()]
         t3 = clock()
         timing = dict(call.trailing_metadata() or ()).get(TIMING_KEY, "0,0,0")
         server = dict(zip(("decode", "compute", "encode"), map(int, timing.split(","))))
@@ -145,6 +153,11 @@ class GrpcSession(Session):
             "client_decode": t3 - t2,
         }
         return outputs
+
+    def deadline(self, request_bytes: int) -> float:
+        """The call's deadline: the configured one, or 10 s + 1 s per MB each way, so a slow naive
+        encoding of a large payload completes while a hung server fails the cell."""
+        return self.fixed_deadline or BASE_DEADLINE_S + 2 * request_bytes / 1e6
 
     def last_phases_ns(self) -> dict[str, int]:
         return self._phases
@@ -156,7 +169,8 @@ class GrpcSession(Session):
         where = f"remote server {self.target}" if self.target else (
             "Unix domain socket" if self.transport == "uds" else "TCP loopback 127.0.0.1")
         return {"transport": where, "encoding": self.encoding, "remote": bool(self.target),
-                "deadline_s": self.deadline, "max_message_bytes": self.max_bytes}
+                "deadline": f"{self.fixed_deadline} s" if self.fixed_deadline else f"{BASE_DEADLINE_S:g} s + 1 s/MB",
+                "max_message_bytes": self.max_bytes}
 
     def close(self) -> None:
         from bench.processes import stop

@@ -1,7 +1,9 @@
 """What does the gRPC strategy add over gRPC itself? The identity model's round trip through the
 `grpc` strategy (KServe-style request, validation, torch, trailing metadata) against a bare grpcio
 unary echo of the same bytes, both on TCP loopback with one channel, measured alternately in one
-run. Target: the strategy adds at most 20% over the bare echo. Prints figures; a miss is reported.
+run. The figure is the median of the paired per-round ratios (each pair measured back to back, so
+drift on a shared machine cancels). Target: the strategy adds at most 20% over the bare echo.
+Prints figures; a miss is reported, not raised.
 
     python -m tests.benchmarks.grpc_overhead [--rounds 9]
 """
@@ -73,9 +75,9 @@ def main() -> int:
                 ours.append(time_calls(lambda i=inputs: session.run(i), args.seconds))
                 bare.append(time_calls(lambda p=payload: echo(p, timeout=30), args.seconds))
             ratios = [a / b for a, b in zip(ours, bare)]
-            o, b = statistics.median(ours), statistics.median(bare)
-            worst = max(worst, o / b - 1)
-            print(f"{label:>8} {o * 1e6:>9.1f}µs {b * 1e6:>9.1f}µs {o / b - 1:>+8.1%}   " + " ".join(f"{r:.3f}" for r in ratios))
+            o, b, r = statistics.median(ours), statistics.median(bare), statistics.median(ratios)
+            worst = max(worst, r - 1)
+            print(f"{label:>8} {o * 1e6:>9.1f}µs {b * 1e6:>9.1f}µs {r - 1:>+8.1%}   " + " ".join(f"{x:.3f}" for x in ratios))
         verdict = "within" if worst <= TARGET else "ABOVE"
         print(f"largest overhead {worst:+.1%}: {verdict} the {TARGET:.0%} target")
         channel.close()
