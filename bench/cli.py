@@ -185,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    runner = Runner(cfg, run, strict=args.strict)
+    runner = Runner(cfg, run)
     try:
         outcome = runner.execute()
     except KeyboardInterrupt:

@@ -6,7 +6,8 @@ A run killed halfway leaves every finished cell readable; ``bench run --resume D
 Layout of ``results/<run-id>/``::
 
     run.json         config, environment, status
-    cells/<key>.json one per finished cell: summary stats, raw samples (ns), memory, correctness
+    cells/<key>.json one per finished cell: status (ok | invalid: ran, outputs wrong | error |
+                     skipped), summary stats, raw samples (ns), memory, correctness
     summary.csv      one row per cell (also summary.json)
     report.html, report.md, logs/
 """
@@ -23,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-
-STATUSES = ("ok", "invalid", "error", "skipped")  # invalid: ran, but outputs are wrong
 
 
 def atomic_write_text(path: Path, text: str) -> None:

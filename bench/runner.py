@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import strategies
-from bench.cache import default_cache_dir
+from bench.cache import default_cache_dir, reference_path
 from bench.config import RunConfig
 from bench.errors import UserError
 from bench.processes import die_with_parent, kill_group
@@ -121,12 +121,11 @@ class RunOutcome:
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, run: RunDir, cache_dir: Path | None = None, strict: bool = False,
+    def __init__(self, cfg: RunConfig, run: RunDir, cache_dir: Path | None = None,
                  progress: Progress | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run
         self.cache = cache_dir or default_cache_dir()
-        self.strict = strict
         self.cells = build_matrix(cfg)
         self.progress = progress or Progress(len(self.cells))
         self.work = run.path / ".work"
@@ -184,7 +183,7 @@ class Runner:
         job = {
             "kind": "cell", "cell": cell.to_json(), "model": model.spec.to_json(), "seed": self.cfg.seed,
             "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
-            "reference": str(Path(model.ref_dir) / f"b{cell.batch}.npz"), "sampling": self.cfg.sampling.to_json(),
+            "reference": str(reference_path(model.ref_dir, cell.batch)), "sampling": self.cfg.sampling.to_json(),
             "settings": self.cfg.strategy_settings.get(cell.strategy, {}), "plugins": self.cfg.plugins,
         }
         t0 = time.perf_counter()

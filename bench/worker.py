@@ -25,12 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.cache import reference_path
 from bench.errors import UserError
 from bench.results import atomic_write_json
-
-
-def _reference_path(ref_dir: Path, batch: int) -> Path:
-    return ref_dir / f"b{batch}.npz"
 
 
 def probe(job: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +56,7 @@ def probe(job: dict[str, Any]) -> dict[str, Any]:
     ref_dir = Path(job["refs_root"]) / f"{spec.name}-{content_hash}"
     ref_dir.mkdir(parents=True, exist_ok=True)
     for batch in job["batches"]:
-        path = _reference_path(ref_dir, batch)
+        path = reference_path(ref_dir, batch)
         if path.exists():
             continue
         with torch.inference_mode():

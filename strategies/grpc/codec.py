@@ -73,12 +73,6 @@ def frame(header: bytes, field: int, raw: list[np.ndarray]) -> bytes:
     return b"".join(parts)
 
 
-def serialize(message, raw: list[np.ndarray]) -> bytes:
-    """A ModelInferRequest/Response with ``raw`` as its raw contents (see frame)."""
-    field = REQUEST_RAW_FIELD if type(message).__name__ == "ModelInferRequest" else RESPONSE_RAW_FIELD
-    return frame(message.SerializeToString(), field, raw)
-
-
 def split(data: bytes, raw_field: int) -> tuple[bytes, list[memoryview]]:
     """(the message's other fields, still serialized; [memoryview of each raw content]): the
     tensors' bytes are not copied, numpy.frombuffer reads them where gRPC put them."""
