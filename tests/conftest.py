@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / ".test-output"  # git-ignored
 CACHE = OUTPUT / "cache"  # artifacts shared by every test run (exports are built once)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TAG = "INTEROP_BENCH_TEST_SESSION"  # inherited by every worker and server the tests start
+os.environ[TAG] = str(os.getpid())
 
 # Tiny budgets: the tests check behaviour, not figures.
 FAST = ["--warmup", "0.02", "--min-time", "0.05", "--max-time", "0.15", "--concurrency-time", "0.15"]
@@ -43,9 +46,13 @@ def no_server_outlives_the_tests():
     yield
     import psutil
 
+    time.sleep(0.5)  # let killed children be reaped
     left = []
     for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "strategies.grpc.server" in cmd or "bench.worker" in cmd:
-            left.append(f"{p.info['pid']}: {cmd[:120]}")
-    assert not left, "processes left behind by the tests:\n" + "\n".join(left)
+        try:
+            ours = p.pid != os.getpid() and p.environ().get(TAG) == str(os.getpid())
+            if ours and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{p.pid}: {' '.join(p.info['cmdline'] or [])[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    assert not left, "processes the tests started are still running:\n" + "\n".join(left)
