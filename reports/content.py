@@ -126,7 +126,7 @@ def build(run: RunDir) -> Report:
     if fits:
         sec.text.append("Marshaling (identity model): " + "; ".join(
             f"{s} costs {fmt_ms(f.fixed_s * 1e3)} per call + "
-            + ("nothing measurable per byte" if math.isinf(f.bandwidth_Bps) else f"{1e9 / f.bandwidth_Bps * 1e3:.3g} ms per GB ({f.bandwidth_text()})")
+            + ("nothing measurable per byte" if math.isinf(f.bandwidth_Bps) else f"{fmt_ms(1e12 / f.bandwidth_Bps)} per GB ({f.bandwidth_text()})")
             for s, f in sorted(fits.items())) + ".")
     sections.append(sec)
 
