@@ -11,6 +11,7 @@ Config file (TOML), every key optional::
     concurrency = [1, 4]
     seed = 0
     plugins = ["mypkg.my_strategy"]         # modules that register extra strategies
+    cpus = "1"                              # pin each cell's processes to these CPUs (steadier numbers)
 
     [payload_sweep]                         # identity model over payload sizes (each direction)
     sizes = ["1KiB", "1MiB", "64MiB"]
@@ -34,6 +35,7 @@ Config file (TOML), every key optional::
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -66,7 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 TOP_KEYS = {"profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
-            "payload_sweep", "sampling", "strategy", "model"}
+            "payload_sweep", "sampling", "strategy", "model", "cpus"}
 MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description"}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -104,6 +106,7 @@ class RunConfig:
     payload_strategies: list[str] = field(default_factory=list)
     seed: int = 0
     plugins: list[str] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=list)  # pin each cell's processes to these CPUs; empty: no pinning
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -138,6 +141,27 @@ def _int_list(key: str, value: Any, minimum: int = 1) -> list[int]:
     bad = [v for v in value if v < minimum]
     if bad:
         raise UserError(f"{key} must be >= {minimum}, got {bad}")
+    return sorted(set(value))
+
+
+def parse_cpus(value: Any) -> list[int]:
+    """``"1"``, ``"0-3"``, ``"1,3-5"`` or a list of ints; checked against the CPUs this process may use."""
+    if isinstance(value, str):
+        cpus: list[int] = []
+        for part in [p.strip() for p in value.split(",") if p.strip()]:
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m or (m[2] and int(m[2]) < int(m[1])):
+                raise UserError(f"cpus: {part!r} is not a CPU number or range like 0-3")
+            cpus += range(int(m[1]), int(m[2] or m[1]) + 1)
+        value = cpus
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        raise UserError(f"cpus must be a list of CPU numbers or a string like '1-3', got {value!r}")
+    allowed = sorted(os.sched_getaffinity(0))
+    bad = sorted(set(value) - set(allowed))
+    if bad:
+        raise UserError(f"cpus {bad} are not available to this process (available: {allowed})")
     return sorted(set(value))
 
 
@@ -233,6 +257,9 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
     cfg.seed = seed
     cfg.plugins = _str_list("plugins", merged.get("plugins", []))
+    cfg.cpus = parse_cpus(merged["cpus"]) if merged.get("cpus") not in (None, "", []) else []
+    if cfg.cpus and max(cfg.threads) > len(cfg.cpus):
+        raise UserError(f"threads {max(cfg.threads)} need at least that many CPUs, but cpus lists {len(cfg.cpus)}: {cfg.cpus}")
 
     sweep = file_data.get("payload_sweep", {})
     if not isinstance(sweep, dict) or set(sweep) - {"sizes", "strategies"}:

@@ -62,7 +62,19 @@ def worker_env(threads: int) -> dict[str, str]:
 _current: subprocess.Popen | None = None
 
 
-def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: float, threads: int = 1) -> dict[str, Any]:
+def _child_setup(cpus: list[int] | None):
+    """Runs in the child before exec: die with the runner; pin to ``cpus`` (inherited by servers)."""
+
+    def setup() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
+def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: float, threads: int = 1,
+              cpus: list[int] | None = None) -> dict[str, Any]:
     """Run one job in a fresh interpreter in its own process group. A crash, a signal or a timeout
     becomes an error result naming it, with the tail of the worker's log."""
     global _current
@@ -76,7 +88,7 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", str(job_file)], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=worker_env(threads), start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=_child_setup(cpus),
         )
         _current = proc
         try:
@@ -187,7 +199,8 @@ class Runner:
             "settings": self.cfg.strategy_settings.get(cell.strategy, {}), "plugins": self.cfg.plugins,
         }
         t0 = time.perf_counter()
-        res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads)
+        res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads,
+                        self.cfg.cpus)
         res.pop("ok", None)
         if res.get("user_error"):
             res = {"status": "error", "error": res.pop("user_error")}

@@ -117,7 +117,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     strategies.discover(job.get("plugins", []))
     strategy = strategies.get(c["strategy"])
     inputs = make_inputs(spec, c["batch"], job["seed"])
-    result: dict[str, Any] = {"worker_pid": os.getpid()}
+    result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0))}
 
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
     t0 = time.perf_counter()

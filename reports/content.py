@@ -315,6 +315,7 @@ def build(run: RunDir) -> Report:
         ("git", f"{git.get('commit') or 'not a git checkout'}" + (f" on {git.get('branch')}" if git.get("branch") else "")
          + (" (dirty)" if git.get("dirty") else "")),
         ("profile", f"{cfg.get('profile')}; sampling: " + ", ".join(f"{k}={v}" for k, v in sampling.items())),
+        ("CPU pinning", f"each cell's processes on CPUs {cfg['cpus']}" if cfg.get("cpus") else "none (the OS schedules freely)"),
         ("seed", str(cfg.get("seed"))), ("host", env.get("hostname", "?")), ("CI", str(env.get("ci"))),
     ] + [(f"session: {s}", ", ".join(f"{k} {v}" for k, v in d.items())) for s, d in sorted(sessions.items())]
     sec.tables.append(Table(["", ""], [[k, str(v)] for k, v in kv], align_numbers=False))

@@ -40,6 +40,9 @@ CASES = {
                                  "features:float32[batch,5]; ids:int64[batch,4]=0..50"],
                                 ["does not fit model 'custom'", "features:float32[batch,5]", "mat1 and mat2 shapes"]),
     "missing resume": (["--resume", "no-such-run"], ["no results folder"]),
+    "unknown cpu": (["--cpus", "4096"], ["cpus [4096] are not available"]),
+    "malformed cpus": (["--cpus", "3-1"], ["not a CPU number or range"]),
+    "fewer cpus than threads": (["--cpus", "0", "--threads", "2"], ["threads 2 need at least that many CPUs"]),
 }
 
 

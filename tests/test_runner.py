@@ -145,3 +145,12 @@ def test_quick_run_results_are_complete(quick_run: Path):
     # the strategies innermost: each row's strategies measured next to each other
     order = [c["strategy"] for c in meta["cells"][:10]]
     assert order == ["torch", "onnxruntime", "grpc", "grpc-naive", "grpc-uds"] * 2
+
+
+def test_cells_can_be_pinned_to_cpus(tmp_path: Path):
+    p = run_bench("run", "--models", "mlp", "--strategies", "torch,grpc", "--batch-sizes", "1", "--concurrency", "1",
+                  "--payload-sizes", "none", "--cpus", "0", "--out", str(tmp_path), "--run-id", "p", *FAST, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for r in _cells(tmp_path / "p").values():
+        assert r["status"] == "ok" and r["cpu_affinity"] == [0], (r["cell"]["id"], r.get("cpu_affinity"))
+    assert "each cell&#x27;s processes on CPUs [0]" in (tmp_path / "p" / "report.html").read_text()
