@@ -39,3 +39,4 @@ def benchmarks(session: nox.Session) -> None:
     _install(session)
     session.run("python", "-m", "tests.benchmarks.harness_overhead")
     session.run("python", "-m", "tests.benchmarks.grpc_overhead")
+    session.run("python", "-m", "tests.benchmarks.libtorch_overhead")

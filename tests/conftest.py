@@ -15,6 +15,10 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TAG = "INTEROP_BENCH_TEST_SESSION"  # inherited by every worker and server the tests start
 os.environ[TAG] = str(os.getpid())
 
+QUICK_STRATEGIES = ["torch", "onnxruntime", "grpc", "grpc-naive", "grpc-uds", "libtorch-ts", "libtorch-aoti"]
+QUICK_MODELS = ["mlp", "cnn", "transformer"]
+QUICK_PAYLOADS = ["1KiB", "64KiB", "1MiB"]
+
 # Tiny budgets: the tests check behaviour, not figures.
 FAST = ["--warmup", "0.02", "--min-time", "0.05", "--max-time", "0.15", "--concurrency-time", "0.15"]
 
@@ -34,8 +38,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real run shared by the report and results tests: every built-in model, every strategy,
     two batch sizes, two caller counts and a payload sweep."""
     out = tmp_path_factory.mktemp("quick")
-    p = run_bench("run", "--models", "mlp,cnn,transformer", "--strategies", "torch,onnxruntime,grpc,grpc-naive,grpc-uds",
-                  "--batch-sizes", "1,4", "--concurrency", "1,2", "--payload-sizes", "1KiB,64KiB,1MiB",
+    p = run_bench("run", "--models", ",".join(QUICK_MODELS), "--strategies", ",".join(QUICK_STRATEGIES),
+                  "--batch-sizes", "1,4", "--concurrency", "1,2", "--payload-sizes", ",".join(QUICK_PAYLOADS),
                   "--out", str(out), "--run-id", "quick", *FAST, cwd=out)
     assert p.returncode == 0, p.stderr[-3000:]
     return out / "quick"

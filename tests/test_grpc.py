@@ -197,6 +197,9 @@ def test_grpc_cells_report_breakdown_and_server_memory(quick_run: Path):
             assert set(ph) == set(GrpcSession.phases) and ph["server_compute"]["p50"] > 0
     html = (quick_run / "report.html").read_text()
     assert "<section id=breakdown>" in html and "server_compute" in html
+    libtorch = [r for r in RunDir(quick_run).load_cells(samples=False)
+                if r["cell"]["strategy"].startswith("libtorch") and r["cell"]["concurrency"] == 1]
+    assert libtorch and all(set(r["phases"]) == {"marshal_in", "compute", "marshal_out"} for r in libtorch)
 
 
 def test_stubs_generate_from_the_proto(tmp_path: Path):

@@ -16,7 +16,7 @@ import psutil
 from bench.results import RunDir
 from reports.tables import decisions
 from tests.byom_models import TWO_INPUT_SPEC
-from tests.conftest import FAST, bench_env, run_bench
+from tests.conftest import FAST, QUICK_MODELS, QUICK_PAYLOADS, QUICK_STRATEGIES, bench_env, run_bench
 
 
 def _cells(run: Path) -> dict[str, dict]:
@@ -131,7 +131,8 @@ def test_quick_run_results_are_complete(quick_run: Path):
         assert env.get(key) is not None, key
     assert env["packages"]["torch"].startswith("2.") and env["strategy_runtimes"]["onnxruntime"]["onnxruntime"]
     cells = run.load_cells()
-    assert len(cells) == len(meta["cells"]) == 3 * 5 * 2 * 2 + 3 * 5
+    n = len(QUICK_STRATEGIES)
+    assert len(cells) == len(meta["cells"]) == len(QUICK_MODELS) * n * 2 * 2 + len(QUICK_PAYLOADS) * n
     for r in cells:
         assert r["status"] == "ok", (r["cell"]["id"], r.get("error"))
         assert len(r["samples_ns"]) == r["latency"]["n"] > 0
@@ -143,8 +144,8 @@ def test_quick_run_results_are_complete(quick_run: Path):
     assert (df[df.strategy == "torch"].vs_torch_p50 == 1.0).all()
     assert json.loads((quick_run / "summary.json").read_text())[0]["run_id"] == "quick"
     # the strategies innermost: each row's strategies measured next to each other
-    order = [c["strategy"] for c in meta["cells"][:10]]
-    assert order == ["torch", "onnxruntime", "grpc", "grpc-naive", "grpc-uds"] * 2
+    order = [c["strategy"] for c in meta["cells"][: 2 * n]]
+    assert order == QUICK_STRATEGIES * 2
 
 
 def test_cells_can_be_pinned_to_cpus(tmp_path: Path):

@@ -19,23 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from tests.benchmarks.common import paired
 
 TARGET = 0.20
 SIZES = {"1 KiB": 1, "1 MiB": 1024, "16 MiB": 16 * 1024}  # identity rows of 1 KiB
-
-
-def time_calls(fn, seconds: float) -> float:
-    """Median of individual calls over about `seconds` (after a short warm-up)."""
-    for _ in range(5):
-        fn()
-    samples = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(samples) < 20:
-        t0 = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - t0)
-    return float(np.median(samples)) / 1e9
 
 
 def main() -> int:
@@ -70,12 +57,9 @@ def main() -> int:
         for label, rows in SIZES.items():
             inputs = ModelHandle(spec, 0).example_inputs(rows)
             payload = inputs["x"].tobytes()
-            ours, bare = [], []
-            for _ in range(args.rounds):
-                ours.append(time_calls(lambda i=inputs: session.run(i), args.seconds))
-                bare.append(time_calls(lambda p=payload: echo(p, timeout=30), args.seconds))
-            ratios = [a / b for a, b in zip(ours, bare)]
-            o, b, r = statistics.median(ours), statistics.median(bare), statistics.median(ratios)
+            o, b, ratios = paired(lambda i=inputs: session.run(i), lambda p=payload: echo(p, timeout=30),
+                                  args.rounds, args.seconds)
+            r = statistics.median(ratios)
             worst = max(worst, r - 1)
             print(f"{label:>8} {o * 1e6:>9.1f}µs {b * 1e6:>9.1f}µs {r - 1:>+8.1%}   " + " ".join(f"{x:.3f}" for x in ratios))
         verdict = "within" if worst <= TARGET else "ABOVE"

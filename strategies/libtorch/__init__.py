@@ -1,0 +1,5 @@
+"""The model ported to C++: LibTorch in a pybind11 extension, TorchScript or AOTInductor."""
+
+from strategies.libtorch.strategy import LibtorchAoti, LibtorchTs
+
+__all__ = ["LibtorchAoti", "LibtorchTs"]
