@@ -6,6 +6,9 @@ OS packages (Mono for the CLR strategy) install them here too, where missing and
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests"]
@@ -13,7 +16,24 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 
+def _ensure_mono(session: nox.Session) -> None:
+    """The CLR strategy needs Mono (the `mono` runtime, the `mcs` compiler and the netstandard
+    facades, all in Debian's mono-devel). Installed here where missing and we may: root on a system
+    with apt-get. Elsewhere `bench list` shows the strategy unavailable with the command to run."""
+    if shutil.which("mono") and shutil.which("mcs") and os.path.exists("/usr/lib/mono/4.5/Facades/netstandard.dll"):
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        session.warn("Mono is missing and this session can't install it (needs root and apt-get): the clr-* "
+                     "strategies will be unavailable; run `apt-get install -y mono-devel` to add them")
+        return
+    session.log("installing Mono for the clr-* strategies (apt-get install mono-devel, a few minutes, once)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-q", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "mono-devel", external=True, env=env)
+
+
 def _install(session: nox.Session) -> None:
+    _ensure_mono(session)
     session.install("-e", ".[test]")
 
 

@@ -180,7 +180,8 @@ class Runner:
         if done.exists():
             return {"cache_hit": True, "seconds": 0.0, "built_seconds": json.loads(done.read_text())["seconds"],
                     "artifacts": str(final)}
-        self.progress.note(f"preparing {strategy.name} artifacts for {model.spec.name} (cached for next time) ...")
+        hint = f"; {strategy.prepare_hint}" if strategy.prepare_hint else ""
+        self.progress.note(f"preparing {strategy.name} artifacts for {model.spec.name} (cached for next time{hint}) ...")
         res = spawn_job(
             {"kind": "prepare", "strategy": strategy.name, "model": model.spec.to_json(), "seed": self.cfg.seed,
              "content_hash": model.content_hash, "artifact_dir": str(final), "plugins": self.cfg.plugins},
@@ -189,6 +190,7 @@ class Runner:
             err = res.get("user_error") or res.get("error")
             self.progress.note(f"  {strategy.name} could not prepare {model.spec.name}: {err}")
             return {"cache_hit": False, "error": f"prepare failed: {err}", "traceback": res.get("traceback", "")}
+        self.progress.note(f"  prepared in {res['seconds']:.1f}s (log: {self.run_dir.logs_dir / f'prepare-{strategy.name}-{model.spec.name}.log'})")
         return {"cache_hit": False, "seconds": res["seconds"], "artifacts": str(final)}
 
     def run_cell(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:

@@ -161,6 +161,8 @@ class Strategy(ABC):
     concurrent_calls: ClassVar[bool] = True
     #: whether prepare() produces artifacts (otherwise it is never called)
     needs_artifacts: ClassVar[bool] = False
+    #: what a first prepare() does and how long it takes, shown while it runs
+    prepare_hint: ClassVar[str] = ""
     #: extra `bench run` flags this strategy takes (values arrive in SessionOptions.settings)
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
 

@@ -83,6 +83,7 @@ class _Libtorch(Strategy):
     kind: ClassVar[str]
     needs_artifacts = True
     concurrent_calls = True
+    prepare_hint = "the first one compiles the C++ extension, about 30-60 s on two cores"
 
     def available(self) -> Availability:
         import shutil

@@ -95,6 +95,7 @@ class OnnxRuntime(Strategy):
     name = "onnxruntime"
     summary = "ONNX export (dynamo, dynamic batch) on ONNX Runtime CPU, OrtValues without copies"
     needs_artifacts = True
+    prepare_hint = "torch.onnx.export, a few seconds"
 
     def available(self) -> Availability:
         for module in ("onnxruntime", "onnx", "onnxscript"):

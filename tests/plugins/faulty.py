@@ -82,3 +82,40 @@ class GrpcServerDies(Strategy):
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return _ServerDies(model, options)
+
+
+class _ClrFailsFast(Session):
+    """A real clr-embed session whose C# side calls Environment.FailFast on the 3rd call: the Mono
+    runtime itself goes down (the way an old Mono can crash), taking its worker process with it."""
+
+    def __init__(self, model: ModelHandle, options: SessionOptions) -> None:
+        from strategies.clr.strategy import ClrSession
+
+        self.inner = ClrSession(model, options, naive=False)
+        self.calls = 0
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        self.calls += 1
+        if self.calls == 3:
+            from System import Environment
+
+            Environment.FailFast("test: the CLR goes down mid-cell")
+        return self.inner.run(inputs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@register
+class ClrCrashTest(Strategy):
+    name = "clr-crash-test"
+    summary = "test only: the Mono runtime fails fast mid-cell"
+    needs_artifacts = True
+
+    def prepare(self, model: ModelHandle, out_dir: Path) -> None:
+        from strategies.clr import build
+
+        build.build()
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return _ClrFailsFast(model, options)
