@@ -1,7 +1,7 @@
 """Two commands do all the set-up on a fresh machine: `nox -s bench` and `nox -s tests`.
 
-Python packages come from pyproject.toml (torch pinned to the CPU build). Later strategies that need
-OS packages (Mono for the CLR strategy) install them here too, where missing and running as root.
+Python packages come from pyproject.toml (torch pinned to the CPU build). OS packages (Mono for the
+CLR strategies) are installed here too, where missing and running as root with apt-get.
 """
 
 from __future__ import annotations
@@ -60,3 +60,4 @@ def benchmarks(session: nox.Session) -> None:
     session.run("python", "-m", "tests.benchmarks.harness_overhead")
     session.run("python", "-m", "tests.benchmarks.grpc_overhead")
     session.run("python", "-m", "tests.benchmarks.libtorch_overhead")
+    session.run("python", "-m", "tests.benchmarks.clr_overhead")

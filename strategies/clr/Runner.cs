@@ -291,7 +291,8 @@ namespace InteropBench
         }
 
         /// <summary>n calls back to back, timed here by Stopwatch. Returns 4n values in ns:
-        /// latency, marshal in, compute, marshal out of each call.</summary>
+        /// latency, marshal in, compute, marshal out of each call. pythonnet releases the GIL while
+        /// Python calls into .NET, so each call's Py.GIL() acquires it, as a C# application thread does.</summary>
         public long[] TimeCalls(Tensor[] ins, int n)
         {
             var ns = new long[4 * n];
@@ -312,7 +313,8 @@ namespace InteropBench
 
         // ---- the boundary itself, for the overhead benchmark ----
 
-        /// <summary>n empty calls from C# into Python (GIL + call of a no-op callable); returns ns per call.</summary>
+        /// <summary>n empty calls from C# into Python (Py.GIL(), which acquires the GIL, and a call of a
+        /// no-op callable), timed here; ns per call.</summary>
         public static double EmptyCallsIntoPython(PyObject noop, int n)
         {
             long t0 = Stopwatch.GetTimestamp();
@@ -324,9 +326,10 @@ namespace InteropBench
             return (Stopwatch.GetTimestamp() - t0) * 1e9 / Stopwatch.Frequency / n;
         }
 
-        /// <summary>n bulk copies of `t` each way as Call makes them (.NET array -> new NumPy array,
-        /// NumPy array -> new .NET array), timed here. Returns 2n values in ns: to NumPy, from NumPy.</summary>
-        public long[] TimeBulkCopies(Tensor t, int n)
+        /// <summary>n copies of `t` each way as Call makes them (.NET array -> new NumPy array, NumPy
+        /// array -> new .NET array), bulk or element by element, timed here. Returns 2n values in ns:
+        /// to NumPy, from NumPy.</summary>
+        public long[] TimeCopies(Tensor t, bool elementwise, int n)
         {
             var ns = new long[2 * n];
             double toNs = 1e9 / Stopwatch.Frequency;
@@ -335,10 +338,10 @@ namespace InteropBench
                 for (int i = 0; i < n; i++)
                 {
                     long t0 = Stopwatch.GetTimestamp();
-                    using (PyObject arr = ToNumpyBulk(t))
+                    using (PyObject arr = elementwise ? ToNumpyNaive(t) : ToNumpyBulk(t))
                     {
                         long t1 = Stopwatch.GetTimestamp();
-                        Tensor back = FromNumpyBulk(arr);
+                        Tensor back = elementwise ? FromNumpyNaive(arr) : FromNumpyBulk(arr);
                         long t2 = Stopwatch.GetTimestamp();
                         if (back.Bytes != t.Bytes) throw new InvalidOperationException("copy lost bytes");
                         ns[2 * i] = (long)((t1 - t0) * toNs);

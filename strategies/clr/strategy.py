@@ -27,6 +27,17 @@ from strategies.base import (
 )
 
 
+def dotnet_tensors(ib: Any, arrays: list[np.ndarray]) -> Any:
+    """New .NET arrays (InteropBench.Tensor[]) holding copies of C-contiguous NumPy arrays."""
+    from System import Array, Int64, String
+
+    shapes = Array.CreateInstance(Array[Int64], len(arrays))
+    for i, a in enumerate(arrays):
+        shapes[i] = Array[Int64]([int(d) for d in a.shape])
+    return ib.Runner.NewInputs(Array[String]([a.dtype.name for a in arrays]), shapes,
+                               Array[Int64]([a.ctypes.data for a in arrays]))
+
+
 class ClrSession(Session):
     phases = ("marshal_in", "compute", "marshal_out")
 
@@ -65,13 +76,7 @@ class ClrSession(Session):
             hit = self._dotnet.get(key)
             if hit is not None:
                 return hit[1]
-        from System import Array, Int64, String
-
-        shapes = Array.CreateInstance(Array[Int64], len(arrays))
-        for i, a in enumerate(arrays):
-            shapes[i] = Array[Int64]([int(d) for d in a.shape])
-        tensors = self._invoke(self._ib.Runner.NewInputs, Array[String]([a.dtype.name for a in arrays]), shapes,
-                               Array[Int64]([a.ctypes.data for a in arrays]))
+        tensors = self._invoke(dotnet_tensors, self._ib, arrays)
         with self._lock:
             if len(self._dotnet) >= 16:  # a cell uses one input set; a long-lived caller must not grow this
                 self._dotnet.pop(next(iter(self._dotnet)))
