@@ -24,6 +24,20 @@ QUICK_PAYLOADS = ["1KiB", "64KiB", "1MiB"]
 FAST = ["--warmup", "0.02", "--min-time", "0.05", "--max-time", "0.15", "--concurrency-time", "0.15"]
 
 
+def require_strategy(name: str):
+    """The registered strategy, if it can run here. In CI an unavailable strategy fails the test
+    (every strategy must run there); elsewhere it skips with the reason and the fix."""
+    import strategies
+
+    s = strategies.get(name)
+    a = s.available()
+    if not a.ok:
+        if IN_CI:
+            pytest.fail(f"strategy {name} must run in CI but is unavailable: {a.reason}")
+        pytest.skip(f"{name} unavailable here: {a.reason}")
+    return s
+
+
 def bench_env() -> dict[str, str]:
     env = dict(os.environ, BENCH_CACHE_DIR=str(CACHE), PYTHONPATH=str(ROOT))
     return env

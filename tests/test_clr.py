@@ -11,24 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import strategies
 from fixtures.builtin import BUILTIN_MODELS
 from strategies.base import ModelHandle, SessionOptions
-from tests.conftest import FAST, IN_CI, bench_env, run_bench
-
-
-def _require(name: str) -> strategies.Strategy:
-    s = strategies.get(name)
-    a = s.available()
-    if not a.ok:
-        if IN_CI:
-            pytest.fail(f"{name} must run in CI: {a.reason}")
-        pytest.skip(a.reason)
-    return s
+from tests.conftest import FAST, bench_env, require_strategy, run_bench
 
 
 def _open(name: str, model: str):
-    return _require(name).open(ModelHandle(BUILTIN_MODELS[model], 0), None, SessionOptions(1))
+    return require_strategy(name).open(ModelHandle(BUILTIN_MODELS[model], 0), None, SessionOptions(1))
 
 
 @pytest.mark.parametrize("name", ["clr-embed", "clr-naive"])
@@ -93,7 +82,7 @@ def test_managed_heap_is_reported():
 
 
 def test_crash_of_the_clr_fails_only_its_cell(tmp_path: Path):
-    _require("clr-embed")
+    require_strategy("clr-embed")
     p = run_bench("run", "--plugin", "tests.plugins.faulty", "--models", "mlp", "--strategies",
                   "clr-crash-test,clr-embed", "--batch-sizes", "2", "--concurrency", "1", "--payload-sizes", "none",
                   "--out", str(tmp_path), "--run-id", "r", *FAST, cwd=tmp_path)

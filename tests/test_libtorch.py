@@ -10,17 +10,7 @@ import pytest
 import strategies
 from fixtures.builtin import BUILTIN_MODELS
 from strategies.base import ModelHandle, SessionOptions
-from tests.conftest import IN_CI
-
-
-def _require(name: str) -> strategies.Strategy:
-    s = strategies.get(name)
-    a = s.available()
-    if not a.ok:
-        if IN_CI:
-            pytest.fail(f"{name} must run in CI: {a.reason}")
-        pytest.skip(a.reason)
-    return s
+from tests.conftest import require_strategy
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +18,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):
     cache: dict[tuple[str, str], Path] = {}
 
     def get(strategy: str, model: str) -> tuple[strategies.Strategy, Path]:
-        s = _require(strategy)
+        s = require_strategy(strategy)
         if (strategy, model) not in cache:
             d = tmp_path_factory.mktemp(f"{strategy}-{model}")
             s.prepare(ModelHandle(BUILTIN_MODELS[model], 0), d)
@@ -91,7 +81,7 @@ def test_aoti_export_failure_names_the_exporter(tmp_path: Path):
     from bench.config import make_custom_model
     from fixtures.specs import parse_input_spec
 
-    s = _require("libtorch-aoti")
+    s = require_strategy("libtorch-aoti")
     spec = make_custom_model("dd", "tests.byom_models:make_data_dependent", parse_input_spec("x:float32[batch,4]"), ("y",))
     with pytest.raises(Exception, match="data-dependent|GuardOnDataDependent"):
         s.prepare(ModelHandle(spec, 0), tmp_path)

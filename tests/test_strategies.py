@@ -16,7 +16,7 @@ from fixtures.loading import build_model, run_eager
 from fixtures.specs import parse_input_spec
 from strategies.base import ModelHandle, SessionOptions
 from tests.byom_models import TWO_INPUT_SPEC
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, require_strategy
 
 STRATEGIES = strategies.names()
 BYOM = make_custom_model("two_inputs", "tests.byom_models:make_two_inputs", parse_input_spec(TWO_INPUT_SPEC),
@@ -24,14 +24,6 @@ BYOM = make_custom_model("two_inputs", "tests.byom_models:make_two_inputs", pars
 MODELS = {**BUILTIN_MODELS, BYOM.name: BYOM}
 
 
-def _require(name: str) -> strategies.Strategy:
-    s = strategies.get(name)
-    a = s.available()
-    if not a.ok:
-        if IN_CI:
-            pytest.fail(f"strategy {name} must run in CI but is unavailable: {a.reason}")
-        pytest.skip(f"{name} unavailable here: {a.reason}")
-    return s
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def test_built_in_strategies_registered():
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_outputs_match_eager_torch(name: str, model: str, artifacts):
-    strategy = _require(name)
+    strategy = require_strategy(name)
     spec = MODELS[model]
     eager = build_model(spec, 0)
     art = artifacts(strategy, model)
@@ -77,7 +69,7 @@ def test_outputs_match_eager_torch(name: str, model: str, artifacts):
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_concurrent_calls_stay_correct(name: str, artifacts):
-    strategy = _require(name)
+    strategy = require_strategy(name)
     if not strategy.concurrent_calls:
         pytest.skip(f"{name} does not allow concurrent calls")
     spec = MODELS["transformer"]
@@ -103,7 +95,7 @@ def test_concurrent_calls_stay_correct(name: str, artifacts):
 
 def test_onnxruntime_runs_without_copies(artifacts):
     """Inputs wrap the NumPy buffer and outputs view ONNX Runtime's memory."""
-    strategy = _require("onnxruntime")
+    strategy = require_strategy("onnxruntime")
     spec = MODELS["identity"]
     with strategy.open(ModelHandle(spec, 0), artifacts(strategy, "identity"), SessionOptions(1)) as session:
         x = ModelHandle(spec, 0).example_inputs(8)
@@ -114,7 +106,7 @@ def test_onnxruntime_runs_without_copies(artifacts):
 
 def test_onnx_export_failure_names_cause(tmp_path: Path):
     """A model torch.export cannot trace (data-dependent branch) fails with a one-line cause."""
-    strategy = _require("onnxruntime")
+    strategy = require_strategy("onnxruntime")
     spec = make_custom_model("dd", "tests.byom_models:make_data_dependent", parse_input_spec("x:float32[batch,4]"), ("y",))
     with pytest.raises(RuntimeError) as info:
         strategy.prepare(ModelHandle(spec, 0), tmp_path)
