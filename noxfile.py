@@ -6,6 +6,7 @@ CLR strategies) are installed here too, where missing and running as root with a
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
@@ -16,20 +17,31 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "venv"
 
 
-def _ensure_mono(session: nox.Session) -> None:
-    """The CLR strategy needs Mono (the `mono` runtime, the `mcs` compiler and the netstandard
-    facades, all in Debian's mono-devel). Installed here where missing and we may: root on a system
-    with apt-get. Elsewhere `bench list` shows the strategy unavailable with the command to run."""
-    if shutil.which("mono") and shutil.which("mcs") and os.path.exists("/usr/lib/mono/4.5/Facades/netstandard.dll"):
+def _apt_install(session: nox.Session, package: str, why: str, present: bool, fallback: str) -> None:
+    """Install a Debian package where it is missing and we may (root, apt-get); else say what's lost."""
+    if present:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        session.warn("Mono is missing and this session can't install it (needs root and apt-get): the clr-* "
-                     "strategies will be unavailable; run `apt-get install -y mono-devel` to add them")
+        session.warn(f"{package} is missing and this session can't install it (needs root and apt-get): {fallback}; "
+                     f"`apt-get install -y {package}` adds it")
         return
-    session.log("installing Mono for the clr-* strategies (apt-get install mono-devel, a few minutes, once)")
+    session.log(f"installing {package} for {why} (apt-get, once)")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-q", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", "mono-devel", external=True, env=env)
+    session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", package, external=True, env=env)
+
+
+def _ensure_mono(session: nox.Session) -> None:
+    """The CLR strategies need Mono: the `mono` runtime, the `mcs` compiler and the netstandard facades,
+    all in Debian's mono-devel. Elsewhere `bench list` shows them unavailable with the command to run."""
+    present = bool(shutil.which("mono") and shutil.which("mcs")) and os.path.exists("/usr/lib/mono/4.5/Facades/netstandard.dll")
+    _apt_install(session, "mono-devel", "the clr-* strategies", present, "the clr-* strategies will be unavailable")
+
+
+def _ensure_postgres(session: nox.Session) -> None:
+    """The history-store tests start a real PostgreSQL server from the OS packages."""
+    present = bool(glob.glob("/usr/lib/postgresql/*/bin/postgres") or shutil.which("postgres"))
+    _apt_install(session, "postgresql", "the history-store tests", present, "the PostgreSQL tests will skip")
 
 
 def _install(session: nox.Session) -> None:
@@ -40,6 +52,7 @@ def _install(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Lint, then the test suite against the real runtimes."""
+    _ensure_postgres(session)
     _install(session)
     session.run("ruff", "check", "bench", "strategies", "fixtures", "reports", "tests", "noxfile.py")
     session.run("pytest", *session.posargs)

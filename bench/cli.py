@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | report | list``."""
+"""Command line: ``python -m bench run | report | list | compare | merge | export | history | trend``."""
 
 from __future__ import annotations
 
@@ -62,14 +62,69 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", help="finish an interrupted run: its folder or id")
     r.add_argument("--strict", action="store_true", help="exit 1 unless every cell is valid (CI)")
     r.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown report")
+    r.add_argument("--history", help="history store to record the run in: an SQLite file or a postgresql:// URL "
+                                     "(default: $BENCH_HISTORY, else <out>/history.sqlite)")
+    r.add_argument("--no-history", action="store_true", help="do not record this run in the history store")
+    r.add_argument("--shard", help="run only slice i of n of the matrix (e.g. 2/4), for a CI matrix of runners; "
+                                   "combine the results with `bench merge`")
+    r.add_argument("--baseline", help="after the run, compare with this run (folder, id or branch:NAME) and exit 1 "
+                                      "on a significant regression past --threshold (a CI gate)")
+    r.add_argument("--threshold", type=_fraction, default=None, help="regression threshold, e.g. 0.1 or 10%% (default 10%%)")
+
+    cmp = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a significant regression")
+    cmp.add_argument("base", help="base run: results folder, run id, branch:NAME or latest")
+    cmp.add_argument("new", help="new run: results folder, run id, branch:NAME or latest")
+    cmp.add_argument("--threshold", type=_fraction, default=None, help="relative change that counts (default 10%%)")
+    cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the Mann-Whitney U test")
+    cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
+    cmp.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+    cmp.add_argument("--history", help="history store to look run ids up in (default: $BENCH_HISTORY, else <out>/history.sqlite)")
+
+    hist = sub.add_parser("history", help="list the runs recorded in the history store")
+    hist.add_argument("--history", help="SQLite file or postgresql:// URL (default: $BENCH_HISTORY, else <out>/history.sqlite)")
+    hist.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+    hist.add_argument("--branch", help="only runs made on this git branch")
+    hist.add_argument("--record", nargs="+", metavar="RUN", help="record these results folders in the store first")
+
+    tr = sub.add_parser("trend", help="each cell's median over the recorded runs, regressions marked (HTML)")
+    tr.add_argument("--history", help="SQLite file or postgresql:// URL (default: $BENCH_HISTORY, else <out>/history.sqlite)")
+    tr.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+    tr.add_argument("--branch", help="only runs made on this git branch")
+    tr.add_argument("--threshold", type=_fraction, default=None, help="regression threshold (default 10%%)")
+    tr.add_argument("--file", type=Path, help="where to write the page (default: <out>/trend.html)")
 
     rep = sub.add_parser("report", help="render the HTML and Markdown report of a run")
     rep.add_argument("run", nargs="?", help="results folder or run id (default: the latest run)")
     rep.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
 
+    mrg = sub.add_parser("merge", help="combine the shards of one matrix into one run folder and report")
+    mrg.add_argument("dest", type=Path, help="new results folder for the merged run")
+    mrg.add_argument("shards", nargs="+", help="shard run folders (or ids under --out)")
+    mrg.add_argument("--out", type=Path, default=Path("results"), help="results root for run ids (default: ./results)")
+    mrg.add_argument("--no-report", action="store_true", help="skip the HTML/Markdown report")
+    mrg.add_argument("--history", help="history store to record the merged run in (default: $BENCH_HISTORY, else <out>/history.sqlite)")
+    mrg.add_argument("--no-history", action="store_true", help="do not record the merged run")
+
+    exp = sub.add_parser("export", help="write a run as pytest-benchmark or github-action-benchmark JSON")
+    exp.add_argument("run", nargs="?", help="results folder or run id (default: the latest run)")
+    exp.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+    exp.add_argument("--pytest-benchmark", type=Path, metavar="FILE", help="pytest-benchmark JSON (pytest-benchmark compare FILE)")
+    exp.add_argument("--github-action", type=Path, metavar="FILE", help="github-action-benchmark customSmallerIsBetter JSON")
+
     lst = sub.add_parser("list", help="show strategies (with availability) and models")
     lst.add_argument("--plugin", action="append", default=None)
     return p
+
+
+def _fraction(text: str) -> float:
+    """'0.1' or '10%' -> 0.1"""
+    try:
+        v = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or percentage: {text!r}") from None
+    if not 0 < v < 10:
+        raise argparse.ArgumentTypeError(f"threshold must be above 0 (e.g. 0.1 or 10%), got {text!r}")
+    return v
 
 
 def _flag_dest(flag: str) -> str:
@@ -105,7 +160,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- run --------------------------------------------------------------------------------------------
 MATRIX_FLAGS = ("config", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency",
-                "payload_sizes", "seed", "model_factory", "plugin", "cpus")
+                "payload_sizes", "seed", "model_factory", "plugin", "cpus", "shard")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,7 +203,7 @@ def _new_run_dir(root: Path, run_id: str | None) -> RunDir:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import environment
     from bench.config import RunConfig
-    from bench.runner import Runner, build_matrix, kill_current
+    from bench.runner import Runner, build_matrix, kill_current, parse_shard, shard_cells
 
     if args.resume:
         given = [f for f in MATRIX_FLAGS if getattr(args, f, None) not in (None, [], False)]
@@ -157,6 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = resolve_run(args.resume, args.out)
         meta = run.meta()
         cfg = RunConfig.from_json(meta["config"])
+        args.shard = meta.get("shard")
         strategies.discover(cfg.plugins)
     else:
         file_data = load_config_file(args.config) if args.config else {}
@@ -168,26 +224,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = build_config(file_data, overrides, strategies.names())
         run = _new_run_dir(args.out, args.run_id)
 
+    baseline = _resolve(args.baseline, args) if args.baseline else None
     cells = build_matrix(cfg)
     if not cells:
         raise UserError("the matrix is empty: no models with batch sizes, and no payload sweep")
+    if args.shard:
+        cells = shard_cells(cells, *parse_shard(args.shard))
+        if not cells:
+            raise UserError(f"shard {args.shard} of a {len(build_matrix(cfg))}-cell matrix is empty")
     versions = {name: strategies.get(name).runtime_versions() for name in dict.fromkeys(c.strategy for c in cells)}
     if not args.resume:
         run.path.mkdir(parents=True, exist_ok=True)
         meta = {"run_id": run.id, "status": "running", "config": cfg.to_json(), "environment": environment.collect(versions),
-                "cells": [c.to_json() for c in cells], "started": time.time()}
+                "cells": [c.to_json() for c in cells], "started": time.time(), "shard": args.shard}
         run.write_meta(meta)
     print(f"run {run.id}: {len(cells)} cells ({len(cfg.models)} models x {len(cfg.strategies)} strategies x "
           f"batch {cfg.batch_sizes} x threads {cfg.threads} x concurrency {cfg.concurrency}"
           + (f" + payload sweep {', '.join(format_size(s) for s in cfg.payload_sizes)}" if cfg.payload_sizes else "")
           + f"), profile {cfg.profile}", file=sys.stderr)
-    print(f"results: {run.path}", file=sys.stderr)
+    print(f"results: {run.path}" + (f" (shard {args.shard}: {len(cells)} of the matrix's cells)" if args.shard else ""),
+          file=sys.stderr)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    runner = Runner(cfg, run)
+    runner = Runner(cfg, run, cells=cells)
     try:
         outcome = runner.execute()
     except KeyboardInterrupt:
@@ -204,6 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
     run.write_summary()
+    if not args.no_history:
+        _record(run, args)
     print_summary(run)
     if not args.no_report:
         from reports import render
@@ -212,20 +276,142 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     print(f"{outcome.ran} cells run ({counts or 'none'}), {outcome.skipped_existing} kept from before", file=sys.stderr)
+    status = 0
     if args.strict:
         bad = [r for r in run.load_cells(samples=False) if r["status"] != "ok"]
-        if bad:
-            for r in bad:
-                print(f"strict: {r['cell']['id']} is {r['status']}: {(r.get('error') or '').splitlines()[0] if r.get('error') else ''}",
-                      file=sys.stderr)
-            return 1
-    return 0
+        for r in bad:
+            print(f"strict: {r['cell']['id']} is {r['status']}: {(r.get('error') or '').splitlines()[0] if r.get('error') else ''}",
+                  file=sys.stderr)
+        status = 1 if bad else 0
+    if baseline is not None:
+        print(f"\nagainst baseline {baseline.path}:")
+        status = max(status, _compare(baseline, run, args.threshold, 0.05, run.path / "compare.json"))
+    return status
 
 
 def print_summary(run: RunDir) -> None:
     from reports.tables import terminal_table
 
     print(terminal_table(run.frame()))
+
+
+def _history_url(args: argparse.Namespace) -> str:
+    from bench.history import default_url
+
+    return getattr(args, "history", None) or os.environ.get("BENCH_HISTORY") or default_url(args.out)
+
+
+def _resolve(arg: str | None, args: argparse.Namespace):
+    """A results folder, a run id under --out, latest, or else a run id / branch:NAME in the history store."""
+    try:
+        return resolve_run(arg, args.out)
+    except UserError as folder_error:
+        if not arg or arg == "latest":
+            raise
+        from bench.history import History
+
+        url = _history_url(args)
+        if not url.startswith("postgres") and not Path(url).exists():
+            raise
+        h = History.open(url)
+        found = h.latest(arg.split(":", 1)[1]) if arg.startswith("branch:") else h.get(arg)
+        if found is None:
+            raise UserError(f"{folder_error}; nor is {arg!r} in the history store {url}") from None
+        return found
+
+
+def _record(run: RunDir, args: argparse.Namespace) -> None:
+    from bench.history import History
+
+    url = _history_url(args)
+    with History.open(url) as h:
+        n = h.record(run)
+    print(f"history: recorded {run.id} ({n} cells) in {url if not url.startswith('postgres') else 'PostgreSQL'}",
+          file=sys.stderr)
+
+
+def _compare(base: RunDir, new: RunDir, threshold: float | None, alpha: float, json_path: Path | None) -> int:
+    from bench.compare import DEFAULT_THRESHOLD, compare_runs, format_comparison
+    from bench.results import atomic_write_json
+
+    cmp = compare_runs(base, new, DEFAULT_THRESHOLD if threshold is None else threshold, alpha)
+    print(format_comparison(cmp))
+    if json_path:
+        atomic_write_json(json_path, cmp.to_json())
+    return 1 if cmp.failed else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    return _compare(_resolve(args.base, args), _resolve(args.new, args), args.threshold, args.alpha, args.json)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from bench.history import History
+
+    with History.open(_history_url(args)) as h:
+        for run in args.record or []:
+            rd = resolve_run(run, args.out)
+            print(f"recorded {rd.id}: {h.record(rd)} cells")
+        rows = h.runs(args.branch)
+        print(f"{len(rows)} runs in {h.url if not h.postgres else 'PostgreSQL'}" + (f" on branch {args.branch}" if args.branch else ""))
+        for r in rows:
+            when = datetime.fromtimestamp(r["started"]).strftime("%Y-%m-%d %H:%M") if r["started"] else "?"
+            print(f"  {r['run_id']:<28} {when}  {r['status']:<9} {r['branch'] or '-':<16} {(r['commit'] or '-')[:10]}  {r['machine']}")
+    return 0
+
+
+def cmd_trend(args: argparse.Namespace) -> int:
+    from bench.compare import DEFAULT_THRESHOLD
+    from bench.history import History
+    from reports.trend import render_trend
+
+    with History.open(_history_url(args)) as h:
+        runs = [h.get(r["run_id"]) for r in h.runs(args.branch) if r["status"] == "complete"]
+        if len(runs) < 2:
+            raise UserError(f"the history store {h.url if not h.postgres else 'PostgreSQL'} has {len(runs)} complete "
+                            "runs" + (f" on branch {args.branch}" if args.branch else "") + "; a trend needs two")
+        path = args.file or (args.out / "trend.html")
+        flagged = render_trend(runs, path, DEFAULT_THRESHOLD if args.threshold is None else args.threshold)
+    print(f"trend over {len(runs)} runs: {path.resolve()} ({flagged} regressions marked)")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from bench.merge import merge_runs
+
+    shards = [resolve_run(s, args.out) for s in args.shards]
+    dest = RunDir(args.dest)
+    merged, total, warnings = merge_runs(shards, dest)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"merged {len(shards)} shards into {dest.path}: {merged} of the matrix's {total} cells", file=sys.stderr)
+    if not args.no_history:
+        _record(dest, args)
+    print_summary(dest)
+    if not args.no_report:
+        from reports import render
+
+        html, md = render(dest)
+        print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bench.export import to_github_action, to_pytest_benchmark
+    from bench.results import atomic_write_json
+
+    if not (args.pytest_benchmark or args.github_action):
+        raise UserError("export needs --pytest-benchmark FILE and/or --github-action FILE")
+    run = _resolve(args.run, args)
+    if args.pytest_benchmark:
+        atomic_write_json(args.pytest_benchmark, to_pytest_benchmark(run))
+        print(f"pytest-benchmark: {args.pytest_benchmark}")
+    if args.github_action:
+        atomic_write_json(args.github_action, to_github_action(run))
+        print(f"github-action-benchmark: {args.github_action}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -240,7 +426,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "compare": cmd_compare,
+                "merge": cmd_merge, "export": cmd_export, "history": cmd_history, "trend": cmd_trend}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

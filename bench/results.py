@@ -232,7 +232,21 @@ def _scaled(v: float | None, unit: float) -> float | None:
 
 
 def resolve_run(arg: str | None, root: Path) -> RunDir:
-    """A run folder path, a run id under the results root, or (None / 'latest') the newest run."""
+    """A run folder path, a run id under the results root, ``branch:NAME`` (the newest complete run
+    made on that git branch), or (None / 'latest') the newest run."""
+    if arg and arg.startswith("branch:"):
+        branch = arg.split(":", 1)[1]
+        found = []
+        for meta_file in root.glob("*/run.json"):
+            try:
+                meta = json.loads(meta_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if meta.get("status") == "complete" and (meta.get("environment", {}).get("git") or {}).get("branch") == branch:
+                found.append((meta.get("started", 0), meta_file.parent))
+        if not found:
+            raise UserError(f"no complete run on branch {branch!r} under {root}")
+        return RunDir(max(found)[1])
     if arg and arg != "latest":
         for cand in (Path(arg), root / arg):
             if (cand / "run.json").is_file():

@@ -50,6 +50,23 @@ def build_matrix(cfg: RunConfig) -> list[Cell]:
     return list(cells.values())
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' (1-based) -> (i, n)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard takes i/n, e.g. 2/4; got {text!r}") from None
+    if not 1 <= i <= n:
+        raise UserError(f"--shard {text}: i must be between 1 and n")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], i: int, n: int) -> list[Cell]:
+    """The i-th of n deterministic, disjoint slices of a matrix (every n-th cell, so each shard gets
+    a mix of models and strategies and the shards take about equally long); together they are the matrix."""
+    return cells[i - 1::n]
+
+
 def worker_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
     n = str(threads)
@@ -134,11 +151,11 @@ class RunOutcome:
 
 class Runner:
     def __init__(self, cfg: RunConfig, run: RunDir, cache_dir: Path | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, cells: list[Cell] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run
         self.cache = cache_dir or default_cache_dir()
-        self.cells = build_matrix(cfg)
+        self.cells = build_matrix(cfg) if cells is None else cells
         self.progress = progress or Progress(len(self.cells))
         self.work = run.path / ".work"
 

@@ -10,7 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / ".test-output"  # git-ignored
-CACHE = OUTPUT / "cache"  # artifacts shared by every test run (exports are built once)
+# One artifact cache for the tests (in-process and in worker processes) and `nox -s bench`: keys are
+# content hashes, so sharing is safe, and CI compiles the LibTorch extension and AOTI packages once.
+CACHE = Path(os.environ.setdefault("BENCH_CACHE_DIR", str(ROOT / ".bench-cache")))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TAG = "INTEROP_BENCH_TEST_SESSION"  # inherited by every worker and server the tests start
 os.environ[TAG] = str(os.getpid())
@@ -58,6 +60,33 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                   "--out", str(out), "--run-id", "quick", *FAST, cwd=out)
     assert p.returncode == 0, p.stderr[-3000:]
     return out / "quick"
+
+
+# enough samples that a rerun's noise stays inside the threshold's confidence bound
+BUDGET = ["--warmup", "0.05", "--min-time", "0.3", "--max-time", "0.6", "--concurrency-time", "0.4"]
+MATRIX = ["--models", "mlp", "--strategies", "torch,slow-test", "--batch-sizes", "1", "--concurrency", "1,2",
+          "--payload-sizes", "none", "--no-report"]
+
+
+def _config(tmp: Path, delay_us: int) -> Path:
+    p = tmp / f"delay{delay_us}.toml"
+    p.write_text(f'plugins = ["tests.plugins.faulty"]\n[strategy.slow-test]\ndelay_us = {delay_us}\n')
+    return p
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base run, an identical rerun and a run with 400 µs planted in every slow-test call; the last
+    one gated against the base with --baseline."""
+    root = tmp_path_factory.mktemp("compare")
+    for run_id, delay in (("base", 0), ("rerun", 0)):
+        p = run_bench("run", "--config", str(_config(root, delay)), *MATRIX, *BUDGET, "--out", str(root),
+                      "--run-id", run_id, cwd=root)
+        assert p.returncode == 0, p.stderr[-3000:]
+    p = run_bench("run", "--config", str(_config(root, 400)), *MATRIX, *BUDGET, "--out", str(root),
+                  "--run-id", "slow", "--baseline", "base", cwd=root)
+    (root / "gate.txt").write_text(f"{p.returncode}\n{p.stdout}\n{p.stderr}")
+    return root
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -119,3 +119,29 @@ class ClrCrashTest(Strategy):
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return _ClrFailsFast(model, options)
+
+
+class _Delayed(TorchSession):
+    """Eager torch plus a busy-wait of ``delay_us`` per call: a known slowdown to plant."""
+
+    def __init__(self, model: ModelHandle, threads: int, delay_us: float) -> None:
+        super().__init__(model, threads)
+        self.delay_ns = int(delay_us * 1000)
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        import time
+
+        if self.delay_ns:
+            end = time.perf_counter_ns() + self.delay_ns
+            while time.perf_counter_ns() < end:
+                pass
+        return super().run(inputs)
+
+
+@register
+class SlowTest(Strategy):
+    name = "slow-test"
+    summary = "test only: eager torch plus [strategy.slow-test] delay_us of busy-waiting per call"
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return _Delayed(model, options.threads, float(options.settings.get("delay_us", 0)))

@@ -1,0 +1,201 @@
+"""Compare two runs cell by cell: did anything get slower?
+
+For every cell both runs measured validly, the latency metric compares the two runs' raw samples:
+
+- ratio of medians (new / base), with a 95% bootstrap confidence interval;
+- a Mann-Whitney U test on the raw samples (as asv does), two-sided;
+- a verdict. *regression*: the test is significant (p < alpha) and the CI's lower bound is at least
+  1 + threshold, so we are confident the slowdown is at least the threshold, not merely that the
+  runs differ; *improvement*: the mirror image; *unchanged* otherwise. On a shared machine two runs
+  minutes apart differ by a few percent with p ~ 0 (thousands of samples see any shift), which is why
+  the CI bound, not the point estimate, must clear the threshold.
+
+Throughput (samples/s, higher is better) is compared for cells with several callers, where it is
+not just the inverse of latency. It has no raw samples of its own: its verdict follows the latency
+test of the same cell, and its ratio must clear the threshold in its own direction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.results import RunDir
+
+DEFAULT_THRESHOLD = 0.10
+DEFAULT_ALPHA = 0.05
+BOOTSTRAPS = 400
+MAX_BOOTSTRAP_SAMPLES = 4000
+ENV_KEYS = ("cpu_model", "logical_cores", "memory_gb", "os", "python")
+
+
+@dataclass(frozen=True)
+class Change:
+    cell_id: str
+    metric: str  # "latency p50" | "throughput"
+    better: str  # "lower" | "higher"
+    base: float
+    new: float
+    ratio: float  # new / base
+    ci_low: float
+    ci_high: float
+    p_value: float | None
+    verdict: str  # "regression" | "improvement" | "unchanged"
+
+
+@dataclass
+class Comparison:
+    base: str
+    new: str
+    threshold: float
+    alpha: float
+    changes: list[Change] = field(default_factory=list)
+    only_base: list[str] = field(default_factory=list)  # measured validly in base only
+    only_new: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # valid in base, measured but not valid in new
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "regression"]
+
+    @property
+    def improvements(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "improvement"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "new": self.new, "threshold": self.threshold, "alpha": self.alpha,
+                "changes": [asdict(c) for c in self.changes], "only_base": self.only_base,
+                "only_new": self.only_new, "broken": self.broken, "warnings": self.warnings}
+
+    @property
+    def failed(self) -> bool:
+        """What a CI gate fails on: a significant regression past the threshold, or a cell that broke."""
+        return bool(self.regressions or self.broken)
+
+
+def ratio_ci(base: np.ndarray, new: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of median(new) / median(base)."""
+    a = base if len(base) <= MAX_BOOTSTRAP_SAMPLES else rng.choice(base, MAX_BOOTSTRAP_SAMPLES, replace=False)
+    b = new if len(new) <= MAX_BOOTSTRAP_SAMPLES else rng.choice(new, MAX_BOOTSTRAP_SAMPLES, replace=False)
+    ma = np.median(rng.choice(a, (BOOTSTRAPS, len(a))), axis=1)
+    mb = np.median(rng.choice(b, (BOOTSTRAPS, len(b))), axis=1)
+    r = mb / ma
+    return float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))
+
+
+def mann_whitney_p(base: np.ndarray, new: np.ndarray) -> float:
+    from scipy.stats import mannwhitneyu
+
+    if len(base) < 2 or len(new) < 2:
+        return 1.0
+    return float(mannwhitneyu(base, new, alternative="two-sided").pvalue)
+
+
+def _verdict(ratio_lo: float, ratio_hi: float, p: float, better: str, threshold: float, alpha: float) -> str:
+    """ratio_lo/hi bound new/base; for 'higher is better' metrics a drop is the regression."""
+    if p >= alpha:
+        return "unchanged"
+    worse_lo, worse_hi = (ratio_lo, ratio_hi) if better == "lower" else (1 / ratio_hi, 1 / ratio_lo)
+    if worse_lo >= 1 + threshold:
+        return "regression"
+    if worse_hi <= 1 / (1 + threshold):
+        return "improvement"
+    return "unchanged"
+
+
+def compare_cells(base_cells: list[dict[str, Any]], new_cells: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD,
+                  alpha: float = DEFAULT_ALPHA) -> tuple[list[Change], list[str], list[str]]:
+    valid_base = {r["cell"]["id"]: r for r in base_cells if r["status"] == "ok" and r.get("samples_ns")}
+    valid_new = {r["cell"]["id"]: r for r in new_cells if r["status"] == "ok" and r.get("samples_ns")}
+    rng = np.random.default_rng(0)
+    changes: list[Change] = []
+    for cid in sorted(set(valid_base) & set(valid_new)):
+        b, n = valid_base[cid], valid_new[cid]
+        a = np.asarray(b["samples_ns"], dtype=np.float64)
+        c = np.asarray(n["samples_ns"], dtype=np.float64)
+        ma, mc = float(np.median(a)), float(np.median(c))
+        lo, hi = ratio_ci(a, c, rng)
+        p = mann_whitney_p(a, c)
+        changes.append(Change(cid, "latency p50", "lower", ma / 1e9, mc / 1e9, mc / ma, lo, hi, p,
+                              _verdict(lo, hi, p, "lower", threshold, alpha)))
+        if b["cell"]["concurrency"] > 1:
+            tb, tn = b["throughput"]["samples_per_s"], n["throughput"]["samples_per_s"]
+            r = tn / tb
+            # no samples of its own: the latency interval, inverted, bounds it (closed loop: X = N / latency)
+            tlo, thi = 1 / hi, 1 / lo
+            v = _verdict(tlo, thi, p, "higher", threshold, alpha)
+            if v == "regression" and r > 1 / (1 + threshold) or v == "improvement" and r < 1 + threshold:
+                v = "unchanged"  # the measured throughput itself must agree
+            changes.append(Change(cid, "throughput", "higher", tb, tn, r, tlo, thi, p, v))
+    return changes, sorted(set(valid_base) - set(valid_new)), sorted(set(valid_new) - set(valid_base))
+
+
+def environment_warnings(base_env: dict[str, Any], new_env: dict[str, Any]) -> list[str]:
+    """What differs between the machines and software of two runs (comparisons across them mislead)."""
+    out = []
+    for k in ENV_KEYS:
+        if base_env.get(k) != new_env.get(k):
+            out.append(f"different {k}: {base_env.get(k)} -> {new_env.get(k)}")
+    bp, np_ = base_env.get("packages") or {}, new_env.get("packages") or {}
+    for pkg in sorted(set(bp) | set(np_)):
+        if bp.get(pkg) != np_.get(pkg):
+            out.append(f"different {pkg}: {bp.get(pkg)} -> {np_.get(pkg)}")
+    bs, ns = base_env.get("strategy_runtimes") or {}, new_env.get("strategy_runtimes") or {}
+    for s in sorted(set(bs) & set(ns)):
+        for lib in sorted(set(bs[s]) | set(ns[s])):
+            if bs[s].get(lib) != ns[s].get(lib) and lib not in bp:
+                out.append(f"different {lib} (for {s}): {bs[s].get(lib)} -> {ns[s].get(lib)}")
+    return list(dict.fromkeys(out))
+
+
+def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA) -> Comparison:
+    changes, only_base, only_new = compare_cells(base.load_cells(), new.load_cells(), threshold, alpha)
+    new_status = {r["cell"]["id"]: r["status"] for r in new.load_cells(samples=False)}
+    broken = [c for c in only_base if new_status.get(c) in ("error", "invalid")]
+    only_base = [c for c in only_base if c not in broken]
+    cmp = Comparison(base.id, new.id, threshold, alpha, changes, only_base, only_new, broken)
+    cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
+    if not changes:
+        cmp.warnings.append("the two runs have no validly measured cell in common")
+    return cmp
+
+
+def _fmt_value(metric: str, v: float) -> str:
+    if metric == "throughput":
+        return f"{v:,.0f}/s"
+    if v < 1e-3:
+        return f"{v * 1e6:.1f}µs"
+    if v < 1:
+        return f"{v * 1e3:.2f}ms"
+    return f"{v:.2f}s"
+
+
+def format_comparison(cmp: Comparison) -> str:
+    lines = [f"compare {cmp.base} -> {cmp.new}: {len(cmp.changes)} metrics over "
+             f"{len({c.cell_id for c in cmp.changes})} cells; threshold {cmp.threshold:.0%}, alpha {cmp.alpha:g} "
+             f"(flagged when Mann-Whitney p < alpha and the ratio's 95% CI clears the threshold)"]
+    for w in cmp.warnings:
+        lines.append(f"warning: {w}")
+    for title, rows in (("REGRESSIONS", cmp.regressions), ("improvements", cmp.improvements)):
+        if not rows:
+            continue
+        lines.append(f"\n{title} ({len(rows)}):")
+        width = max(len(c.cell_id) for c in rows)
+        lines.append(f"  {'cell':<{width}}  {'metric':<12} {'base':>11} {'new':>11} {'ratio':>7}  {'95% CI':<15} {'p':>8}")
+        for c in sorted(rows, key=lambda c: -abs(math.log(c.ratio))):
+            lines.append(f"  {c.cell_id:<{width}}  {c.metric:<12} {_fmt_value(c.metric, c.base):>11} "
+                         f"{_fmt_value(c.metric, c.new):>11} {c.ratio:>6.3f}x  [{c.ci_low:.3f}, {c.ci_high:.3f}]"
+                         f"  {c.p_value:>8.1e}")
+    if cmp.broken:
+        lines.append(f"\nBROKEN ({len(cmp.broken)}): valid in {cmp.base}, failed or wrong in {cmp.new}: {', '.join(cmp.broken)}")
+    unchanged = len(cmp.changes) - len(cmp.regressions) - len(cmp.improvements)
+    lines.append(f"\n{len(cmp.regressions)} regressions, {len(cmp.improvements)} improvements, {unchanged} unchanged")
+    if cmp.only_base:
+        lines.append(f"only in {cmp.base} (not measured validly in {cmp.new}): {', '.join(cmp.only_base)}")
+    if cmp.only_new:
+        lines.append(f"only in {cmp.new}: {', '.join(cmp.only_new)}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The history store: every run recorded, so CI can compare against earlier runs and draw trends.
+
+An SQLite file by default (``results/history.sqlite``, no server), or PostgreSQL when given a URL
+(``postgresql://user@host/db``), so a team's CI runners share one history. One schema for both;
+the SQL below is written once, with ``?`` placeholders that the PostgreSQL adapter rewrites.
+
+A run stored here reads back as a ``HistoryRun``, which offers what a results folder offers to
+``bench compare`` and the trend page: ``id``, ``meta()`` and ``load_cells()``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+from bench.results import RunDir, dumps
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT PRIMARY KEY,
+        started DOUBLE PRECISION,
+        status TEXT NOT NULL,
+        branch TEXT,
+        commit_sha TEXT,
+        machine TEXT,
+        meta_json TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS cells (
+        run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        cell_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        threads INTEGER NOT NULL,
+        concurrency INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        p50_s DOUBLE PRECISION,
+        throughput_sps DOUBLE PRECISION,
+        result_json TEXT NOT NULL,
+        PRIMARY KEY (run_id, cell_id))""",
+    "CREATE INDEX IF NOT EXISTS cells_by_cell ON cells (cell_id)",
+]
+
+
+def default_url(results_root: Path) -> str:
+    return str(results_root / "history.sqlite")
+
+
+class History:
+    """A connection to the store: ``History.open(url)`` with a path (SQLite) or a postgresql:// URL."""
+
+    def __init__(self, conn: Any, url: str, postgres: bool) -> None:
+        self.conn, self.url, self.postgres = conn, url, postgres
+        for stmt in SCHEMA:
+            self._exec(stmt)
+        self.conn.commit()
+
+    @classmethod
+    def open(cls, url: str) -> History:
+        if url.startswith(("postgresql://", "postgres://")):
+            try:
+                import psycopg
+            except ImportError as e:
+                raise UserError("a PostgreSQL history needs psycopg (pip install 'psycopg[binary]')") from e
+            try:
+                conn = psycopg.connect(url, connect_timeout=10)
+            except psycopg.OperationalError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise UserError(f"cannot connect to the history database {_redact(url)}: {first}") from e
+            return cls(conn, url, postgres=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, timeout=30)
+        except sqlite3.Error as e:
+            raise UserError(f"cannot open the history file {path}: {e}") from e
+        conn.execute("PRAGMA foreign_keys = ON")
+        return cls(conn, str(path), postgres=False)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _exec(self, sql: str, params: tuple | list = ()) -> Any:
+        if self.postgres:
+            sql = sql.replace("?", "%s")
+        cur = self.conn.cursor()
+        cur.execute(sql, params)
+        return cur
+
+    # -- writing ------------------------------------------------------------------------------------
+    def record(self, run: RunDir) -> int:
+        """Store a finished run (again, replacing an earlier copy of the same run id). Returns cells stored."""
+        meta = run.meta()
+        env = meta.get("environment", {})
+        git = env.get("git") or {}
+        cells = run.load_cells()
+        self._exec("DELETE FROM cells WHERE run_id = ?", (run.id,))
+        self._exec("DELETE FROM runs WHERE run_id = ?", (run.id,))
+        self._exec("INSERT INTO runs (run_id, started, status, branch, commit_sha, machine, meta_json) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (run.id, meta.get("started"), meta.get("status", "unknown"), git.get("branch"), git.get("commit"),
+                    f"{env.get('hostname', '')} ({env.get('cpu_model', '')}, {env.get('logical_cores', '')} cores)",
+                    dumps(meta, indent=None)))
+        for r in cells:
+            c = r["cell"]
+            self._exec("INSERT INTO cells (run_id, cell_id, model, strategy, batch, threads, concurrency, status, "
+                       "p50_s, throughput_sps, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (run.id, c["id"], c["model"], c["strategy"], c["batch"], c["threads"], c["concurrency"],
+                        r["status"], (r.get("latency") or {}).get("p50"),
+                        (r.get("throughput") or {}).get("samples_per_s"), dumps(r, indent=None)))
+        self.conn.commit()
+        return len(cells)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def runs(self, branch: str | None = None) -> list[dict[str, Any]]:
+        """Recorded runs, oldest first."""
+        sql = "SELECT run_id, started, status, branch, commit_sha, machine FROM runs"
+        params: tuple = ()
+        if branch is not None:
+            sql, params = sql + " WHERE branch = ?", (branch,)
+        rows = self._exec(sql + " ORDER BY started, run_id", params).fetchall()
+        return [dict(zip(("run_id", "started", "status", "branch", "commit", "machine"), r)) for r in rows]
+
+    def get(self, run_id: str) -> HistoryRun | None:
+        row = self._exec("SELECT meta_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return HistoryRun(self, run_id, json.loads(row[0])) if row else None
+
+    def latest(self, branch: str | None = None) -> HistoryRun | None:
+        done = [r for r in self.runs(branch) if r["status"] == "complete"]
+        return self.get(done[-1]["run_id"]) if done else None
+
+    def cells(self, run_id: str, samples: bool = True) -> list[dict[str, Any]]:
+        out = []
+        for (text,) in self._exec("SELECT result_json FROM cells WHERE run_id = ? ORDER BY cell_id", (run_id,)).fetchall():
+            r = json.loads(text)
+            if not samples:
+                r.pop("samples_ns", None)
+            out.append(r)
+        return out
+
+
+class HistoryRun:
+    """A run read back from the history store; offers what ``bench compare`` and the trend page use."""
+
+    def __init__(self, history: History, run_id: str, meta: dict[str, Any]) -> None:
+        self.history, self.id, self._meta = history, run_id, meta
+        self.path = Path(f"{history.url if not history.postgres else _redact(history.url)}#{run_id}")
+
+    def meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def load_cells(self, samples: bool = True) -> list[dict[str, Any]]:
+        return self.history.cells(self.id, samples)
+
+
+def _redact(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    head, sep, tail = url.partition("@")
+    if not sep or ":" not in head.split("//", 1)[-1]:
+        return url
+    scheme, _, creds = head.partition("//")
+    return f"{scheme}//{creds.split(':', 1)[0]}:***@{tail}"

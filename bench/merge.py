@@ -1,0 +1,56 @@
+"""Combine the shards of one matrix (``bench run --shard i/n`` on several machines) into one run
+folder, so one report and one comparison cover the whole sweep."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.results import RunDir
+
+
+def merge_runs(shards: list[RunDir], dest: RunDir) -> tuple[int, int, list[str]]:
+    """Copy every shard's cells into ``dest`` with one run.json. Returns (cells merged, cells in the
+    matrix, warnings). The shards must come from the same config; a cell measured twice is refused."""
+    from bench.config import RunConfig
+    from bench.runner import build_matrix
+
+    if dest.exists() or dest.path.exists():
+        raise UserError(f"{dest.path} already exists; merge into a new folder")
+    metas = [s.meta() for s in shards]
+    config = metas[0]["config"]
+    for s, m in zip(shards[1:], metas[1:]):
+        if m["config"] != config:
+            raise UserError(f"{s.path} was run with another config than {shards[0].path}: not shards of one matrix")
+    seen: dict[str, str] = {}
+    for s in shards:
+        for f in s.cells_dir.glob("*.json"):
+            if f.name in seen:
+                raise UserError(f"cell {f.stem} is in both {seen[f.name]} and {s.path}: shards overlap")
+            seen[f.name] = str(s.path)
+    matrix = build_matrix(RunConfig.from_json(config))
+    warnings = []
+    envs = {s.id: m.get("environment", {}) for s, m in zip(shards, metas)}
+    machines = {(e.get("cpu_model"), e.get("logical_cores"), json.dumps(e.get("packages"), sort_keys=True)) for e in envs.values()}
+    if len(machines) > 1:
+        warnings.append(f"the {len(shards)} shards ran on {len(machines)} different machines or library sets: "
+                        "compare cells across shards with care")
+    missing = [c.id for c in matrix if c.key + ".json" not in seen]
+    if missing:
+        warnings.append(f"{len(missing)} of {len(matrix)} cells are in no shard (a shard missing or unfinished): "
+                        + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    dest.cells_dir.mkdir(parents=True)
+    for name, src in seen.items():
+        shutil.copy2(Path(src) / "cells" / name, dest.cells_dir / name)
+    dest.write_meta({
+        "run_id": dest.id, "status": "complete" if not missing else "partial", "config": config,
+        "environment": metas[0].get("environment", {}), "cells": [c.to_json() for c in matrix],
+        "started": min(m.get("started", time.time()) for m in metas), "finished": time.time(),
+        "merged_from": [{"run": str(s.path), "shard": m.get("shard"), "environment": envs[s.id]}
+                        for s, m in zip(shards, metas)],
+    })
+    dest.write_summary()
+    return len(seen), len(matrix), warnings

@@ -1,0 +1,99 @@
+"""Regression tracking on real runs: a planted slowdown is flagged, an identical rerun is not; the CI
+gate; shards merged give the matrix of one run; exports read back by pytest-benchmark itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.results import RunDir
+from tests.conftest import bench_env, run_bench
+
+
+def test_planted_slowdown_is_flagged_and_fails_the_gate(runs: Path):
+    rc, *out = (runs / "gate.txt").read_text().split("\n", 1)
+    assert rc == "1", out  # --baseline: exit 1 on a regression
+    cmp = json.loads((runs / "slow" / "compare.json").read_text())
+    flagged = {(c["cell_id"], c["metric"]) for c in cmp["changes"] if c["verdict"] == "regression"}
+    assert ("mlp/slow-test/b1/t1/c1", "latency p50") in flagged
+    assert ("mlp/slow-test/b1/t1/c2", "throughput") in flagged
+    # the untouched strategy at one caller; two callers on two shared cores feel any neighbour (the
+    # false-alarm rate per kind of cell is measured by tests/benchmarks/compare_false_alarms.py)
+    assert ("mlp/torch/b1/t1/c1", "latency p50") not in flagged, flagged
+    slow = next(c for c in cmp["changes"] if c["cell_id"] == "mlp/slow-test/b1/t1/c1")
+    assert slow["ratio"] > 1.5 and slow["ci_low"] > 1.1 and slow["p_value"] < 1e-6
+    assert "REGRESSIONS" in out[0] and "mlp/slow-test/b1/t1/c1" in out[0]
+
+
+def test_identical_rerun_is_not_flagged(runs: Path, tmp_path: Path):
+    p = run_bench("compare", str(runs / "base"), str(runs / "rerun"), "--json", str(tmp_path / "c.json"), cwd=tmp_path)
+    cmp = json.loads((tmp_path / "c.json").read_text())
+    assert p.returncode == (1 if any(c["verdict"] == "regression" for c in cmp["changes"]) else 0), p.stdout
+    assert len(cmp["changes"]) == 6  # 4 latencies, 2 throughputs
+    flagged = [c["cell_id"] for c in cmp["changes"] if c["verdict"] == "regression"]
+    assert not [c for c in flagged if c.endswith("/c1")], flagged
+
+
+def test_compare_by_run_id_and_direction(runs: Path, tmp_path: Path):
+    # the other way round, the slowdown is an improvement and nothing fails
+    p = run_bench("compare", "slow", "base", "--out", str(runs), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "improvements" in p.stdout and "mlp/slow-test/b1/t1/c1" in p.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["compare", "nope", "base"], "no results folder at 'nope'"),
+    (["compare", "base", "branch:never-made"], "no complete run on branch 'never-made'"),
+    (["compare", "base", "rerun", "--threshold", "ten"], "not a fraction or percentage"),
+    (["compare", "base", "rerun", "--alpha", "2"], "--alpha must be between 0 and 1"),
+    (["run", "--baseline", "nope", "--models", "mlp"], "no results folder at 'nope'"),
+])
+def test_bad_compare_input_exits_2(runs: Path, tmp_path: Path, args: list[str], fragment: str):
+    p = run_bench(*args, "--out", str(runs), cwd=tmp_path)
+    assert p.returncode == 2 and fragment in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_shards_merged_give_the_cells_of_one_run(tmp_path: Path):
+    common = ["--models", "mlp", "--strategies", "torch,onnxruntime", "--batch-sizes", "1,2", "--concurrency", "1",
+              "--payload-sizes", "1KiB", "--warmup", "0.02", "--min-time", "0.05", "--max-time", "0.1",
+              "--no-report", "--out", str(tmp_path)]
+    for shard in ("1/2", "2/2"):
+        p = run_bench("run", *common, "--shard", shard, "--run-id", f"s{shard[0]}", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+    p = run_bench("run", *common, "--run-id", "whole", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    shard_ids = [{r["cell"]["id"] for r in RunDir(tmp_path / s).load_cells(samples=False)} for s in ("s1", "s2")]
+    assert shard_ids[0] and shard_ids[1] and not shard_ids[0] & shard_ids[1]
+    p = run_bench("merge", str(tmp_path / "merged"), "s1", "s2", "--out", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    merged, whole = RunDir(tmp_path / "merged"), RunDir(tmp_path / "whole")
+    assert {r["cell"]["id"] for r in merged.load_cells()} == {r["cell"]["id"] for r in whole.load_cells()}
+    assert merged.meta()["cells"] == whole.meta()["cells"] and merged.meta()["status"] == "complete"
+    assert (tmp_path / "merged" / "report.html").exists() and len(merged.meta()["merged_from"]) == 2
+    # a missing shard is said, not hidden; overlapping shards are refused
+    p = run_bench("merge", str(tmp_path / "half"), "s1", "--out", str(tmp_path), "--no-report", cwd=tmp_path)
+    assert p.returncode == 0 and "cells are in no shard" in p.stderr and RunDir(tmp_path / "half").meta()["status"] == "partial"
+    p = run_bench("merge", str(tmp_path / "twice"), "s1", "s1", "--out", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 2 and "shards overlap" in p.stderr
+    p = run_bench("run", *common, "--shard", "3/2", cwd=tmp_path)
+    assert p.returncode == 2 and "i must be between 1 and n" in p.stderr
+
+
+def test_exports_read_back_by_pytest_benchmark(runs: Path, tmp_path: Path):
+    pb, gh = tmp_path / "0001_base.json", tmp_path / "gh.json"
+    p = run_bench("export", "base", "--out", str(runs), "--pytest-benchmark", str(pb), "--github-action", str(gh),
+                  cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    entries = json.loads(gh.read_text())
+    assert {e["name"] for e in entries} >= {"mlp/torch/b1/t1/c1 p50", "mlp/slow-test/b1/t1/c2 p50"}
+    assert all(e["unit"] == "us" and e["value"] > 0 for e in entries)
+    # pytest-benchmark's own compare command reads the file
+    p = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(pb), "--columns", "min,median,max"],
+                       cwd=tmp_path, env=bench_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "mlp/torch/b1/t1/c1" in p.stdout and "median" in p.stdout.lower()
