@@ -74,3 +74,11 @@ def benchmarks(session: nox.Session) -> None:
     session.run("python", "-m", "tests.benchmarks.grpc_overhead")
     session.run("python", "-m", "tests.benchmarks.libtorch_overhead")
     session.run("python", "-m", "tests.benchmarks.clr_overhead")
+
+
+@nox.session
+def pytest_benchmarks(session: nox.Session) -> None:
+    """Every strategy x built-in model as a pytest-benchmark suite; arguments go to pytest, e.g.
+    `nox -s pytest_benchmarks -- --benchmark-autosave`, then `-- --benchmark-compare --benchmark-compare-fail=median:10%`."""
+    _install(session)
+    session.run("pytest", "tests/pytest_benchmarks/bench_strategies.py", *session.posargs)

@@ -97,3 +97,18 @@ def test_exports_read_back_by_pytest_benchmark(runs: Path, tmp_path: Path):
                        cwd=tmp_path, env=bench_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "mlp/torch/b1/t1/c1" in p.stdout and "median" in p.stdout.lower()
+
+
+def test_pytest_benchmark_suite_compares_with_its_own_gate(tmp_path: Path):
+    """The pytest-benchmark suite saves a run and a second run compares against it with
+    --benchmark-compare-fail, the way its users gate merges."""
+    suite = Path(__file__).parent / "pytest_benchmarks" / "bench_strategies.py"
+    common = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider", "-k", "torch-mlp or onnxruntime-mlp",
+              f"--benchmark-storage=file://{tmp_path / 'storage'}"]
+    p = subprocess.run([*common, "--benchmark-autosave"], cwd=tmp_path, env=bench_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "2 passed" in p.stdout and list((tmp_path / "storage").rglob("0001_*.json"))
+    p = subprocess.run([*common, "--benchmark-compare", "--benchmark-compare-fail=median:1000%"], cwd=tmp_path,
+                       env=bench_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and "0001" in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
