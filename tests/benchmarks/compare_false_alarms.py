@@ -21,13 +21,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reruns", type=int, default=6)
     ap.add_argument("--threshold", type=float, default=0.10)
+    ap.add_argument("--reuse", type=Path, help="compare the runs already in this folder instead of running")
     args = ap.parse_args()
 
-    from bench.compare import compare_runs
+    from bench.compare import compare_runs, format_ci
     from bench.results import RunDir
 
-    root = Path(tempfile.mkdtemp(prefix="false-alarms-"))
-    for k in range(args.reruns):
+    root = args.reuse or Path(tempfile.mkdtemp(prefix="false-alarms-"))
+    for k in range(0 if args.reuse else args.reruns):
         p = subprocess.run([sys.executable, "-m", "bench", "run", *MATRIX, "--out", str(root), "--run-id", f"r{k}"],
                            capture_output=True, text=True)
         if p.returncode != 0:
@@ -43,7 +44,7 @@ def main() -> int:
             totals[kind][1] += 1
             if c.verdict == "regression":
                 totals[kind][0] += 1
-                alarms.append(f"  r{k}: {c.cell_id} {c.metric} ratio {c.ratio:.3f} CI [{c.ci_low:.3f}, {c.ci_high:.3f}]")
+                alarms.append(f"  r{k}: {c.cell_id} {c.metric} ratio {c.ratio:.3f} CI {format_ci(c)}")
     print(f"\nfalse alarms over {args.reruns - 1} identical reruns compared with the first "
           f"(threshold {args.threshold:.0%}, alpha 0.05):")
     for kind, (bad, n) in totals.items():
