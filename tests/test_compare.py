@@ -4,6 +4,7 @@ gate; shards merged give the matrix of one run; exports read back by pytest-benc
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +118,25 @@ def test_pytest_benchmark_suite_compares_with_its_own_gate(tmp_path: Path):
     p = subprocess.run([*common, "--benchmark-compare", "--benchmark-compare-fail=median:1000%"], cwd=tmp_path,
                        env=bench_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0 and "0001" in p.stdout, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+def test_runs_from_different_machines_or_versions_are_warned_about(runs: Path, tmp_path: Path):
+    from bench.compare import environment_warnings
+
+    env = RunDir(runs / "base").meta()["environment"]
+    assert environment_warnings(env, env) == []
+    other = json.loads(json.dumps(env))
+    other["cpu_model"] = "Some Other CPU"
+    other["packages"]["torch"] = "9.9.9"
+    other["strategy_runtimes"]["torch"]["torch"] = "9.9.9"
+    warnings = environment_warnings(env, other)
+    assert any(w.startswith("different cpu_model:") and "Some Other CPU" in w for w in warnings)
+    assert any(w.startswith("different torch:") and w.endswith("-> 9.9.9") for w in warnings)
+    assert len([w for w in warnings if "torch" in w]) == 1  # said once, not again per strategy
+    # and the command says so before its table
+    shutil.copytree(runs / "base", tmp_path / "elsewhere")
+    meta = json.loads((tmp_path / "elsewhere" / "run.json").read_text())
+    meta["environment"] = other
+    (tmp_path / "elsewhere" / "run.json").write_text(json.dumps(meta))
+    p = run_bench("compare", str(runs / "base"), str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert "warning: different cpu_model" in p.stdout and p.returncode == 0, p.stdout + p.stderr
