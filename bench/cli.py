@@ -268,14 +268,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
     run.write_summary()
-    if not args.no_history:
-        _record(run, args)
-    print_summary(run)
-    if not args.no_report:
-        from reports import render
-
-        html, md = render(run)
-        print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
+    _publish(run, args)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     print(f"{outcome.ran} cells run ({counts or 'none'}), {outcome.skipped_existing} kept from before", file=sys.stderr)
     status = 0
@@ -320,6 +313,18 @@ def _thresholds(args: argparse.Namespace) -> tuple[float, float]:
     from bench.compare import DEFAULT_THRESHOLD
 
     return (DEFAULT_THRESHOLD if args.threshold is None else args.threshold), 0.05
+
+
+def _publish(run: RunDir, args: argparse.Namespace) -> None:
+    """A finished run: into the history store, its summary table, its report."""
+    if not args.no_history:
+        _record(run, args)
+    print_summary(run)
+    if not args.no_report:
+        from reports import render
+
+        html, md = render(run)
+        print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
 
 
 def print_summary(run: RunDir) -> None:
@@ -423,14 +428,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"merged {len(shards)} shards into {dest.path}: {merged} of the matrix's {total} cells", file=sys.stderr)
-    if not args.no_history:
-        _record(dest, args)
-    print_summary(dest)
-    if not args.no_report:
-        from reports import render
-
-        html, md = render(dest)
-        print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
+    _publish(dest, args)
     return 0
 
 

@@ -175,13 +175,9 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
 
 
 def _fmt_value(metric: str, v: float) -> str:
-    if metric == "throughput":
-        return f"{v:,.0f}/s"
-    if v < 1e-3:
-        return f"{v * 1e6:.1f}µs"
-    if v < 1:
-        return f"{v * 1e3:.2f}ms"
-    return f"{v:.2f}s"
+    from bench.runner import fmt_time
+
+    return f"{v:,.0f}/s" if metric == "throughput" else fmt_time(v)
 
 
 def format_ci(c: Change) -> str:
