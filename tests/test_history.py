@@ -47,10 +47,10 @@ def postgres_url():
         run_as = (pw.pw_uid, pw.pw_gid)
 
     def as_user() -> None:
-        die_with_parent()
         if run_as:
             os.setgid(run_as[1])
             os.setuid(run_as[0])
+        die_with_parent()  # after setuid: changing credentials clears the parent-death signal
 
     subprocess.run([str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "bench", "--no-sync"],
                    check=True, capture_output=True, preexec_fn=as_user, timeout=120)
