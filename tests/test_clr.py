@@ -94,6 +94,7 @@ def test_crash_of_the_clr_fails_only_its_cell(tmp_path: Path):
     assert "SIGABRT" in crashed["error"] and "Managed Stacktrace" in crashed["traceback"]  # Mono's own report
     log = tmp_path / "r" / "logs" / "mlp__clr-crash-test__b2__t1__c1.log"
     assert "the CLR goes down mid-cell" in log.read_text(errors="replace")
+    assert not list(tmp_path.glob("mono_crash.*")), "Mono dropped a crash file into the working directory"
     assert ok["status"] == "ok" and ok["memory"]["extra"]["clr_managed_heap"] > 0
     assert ok["session"]["clock"].startswith("Stopwatch inside the CLR")
 

@@ -102,6 +102,9 @@ def load() -> ModuleType:
     # to stop the world. Signal-based suspend doesn't need the thread's help; pythonnet's own CI runs
     # Mono this way. Read once, when the runtime starts.
     os.environ.setdefault("MONO_THREADS_SUSPEND", "preemptive")
+    # A crash of the runtime prints its report (native and managed stacks) to stderr, which the cell's
+    # log keeps; without this, Mono also drops a mono_crash.*.json into whatever the working directory is.
+    os.environ.setdefault("MONO_CRASH_NOFILE", "1")
     with warnings.catch_warnings():
         # clr_loader warns that Mono before 6.12 "is known to be problematic"; Debian ships 6.8, and a
         # crash of the runtime fails only the cell whose process it is
