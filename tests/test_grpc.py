@@ -101,6 +101,46 @@ def test_bad_requests_get_codes_and_the_server_keeps_serving(server):
     assert out["logits"].shape == (2, 10)
 
 
+def test_known_request_metadata_does_not_skip_the_checks(server):
+    """The server skips parsing metadata it validated before; the data must still fit it exactly."""
+    _, _, stub, pb2 = server
+    for _ in range(2):
+        stub.ModelInfer(_valid(pb2), timeout=10)  # learned, then served by the fast path
+    for what, edit, fragment in (
+        ("short", lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0][:-4]), "bytes for shape"),
+        ("long", lambda r: r.raw_input_contents.__setitem__(0, r.raw_input_contents[0] + b"\0" * 4), "bytes for shape"),
+        ("extra tensor", lambda r: r.raw_input_contents.append(b"\0" * 8), "1 tensors but 2 raw contents"),
+        ("no data", lambda r: r.ClearField("raw_input_contents"), "1 tensors but 0 raw contents"),
+    ):
+        req = _valid(pb2)
+        edit(req)
+        code, details = _code(lambda r=req: stub.ModelInfer(r, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, (what, code, details)
+    resp = stub.ModelInfer(_valid(pb2), timeout=10)
+    assert codec.decode(resp.outputs, resp.raw_output_contents, codec.RAW)["logits"].shape == (2, 10)
+
+
+def test_layout_writes_what_protobuf_writes_and_reads_it_back():
+    pb2, _ = stubs.load()
+    arrays = {"ids": np.arange(12, dtype=np.int64).reshape(2, 6), "mask": np.ones((2, 6), np.int64),
+              "x": np.linspace(-1, 1, 2 * 300, dtype=np.float32).reshape(2, 300)}
+    layouts = codec.Layouts(codec.REQUEST_RAW_FIELD, codec.REQUEST_RAW_FIELD)
+    header = codec.request_message(pb2, arrays, codec.RAW, "m").SerializeToString()
+    data = layouts.writer(arrays, lambda: header).write(arrays.values())
+    assert data == codec.encode_request(pb2, arrays, codec.RAW, "m").SerializeToString()
+    assert layouts.read(data)[0] is None  # not learned yet: the caller parses and checks
+    meta, raw = codec.split(data, codec.REQUEST_RAW_FIELD)
+    layouts.learn(meta, codec.decode(codec.parse_message(pb2.ModelInferRequest, meta).inputs, raw, codec.RAW))
+    for _ in range(2):  # by metadata look-up, then by the previous message's layout
+        layout, got, _ = layouts.read(data)
+        assert layout is not None and list(got) == list(arrays)
+        for k in arrays:
+            np.testing.assert_array_equal(got[k], arrays[k])
+            assert got[k].dtype == arrays[k].dtype
+    other = {**arrays, "x": arrays["x"][:, :299]}
+    assert layouts.read(codec.encode_request(pb2, other, codec.RAW, "m").SerializeToString())[0] is None
+
+
 def test_metadata_describes_the_model(server):
     _, info, stub, pb2 = server
     m = stub.ModelMetadata(pb2.ModelMetadataRequest(name="mlp"), timeout=10)

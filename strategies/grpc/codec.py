@@ -57,20 +57,112 @@ def encode_request(pb2, arrays: dict[str, np.ndarray], encoding: str, model_name
     return req
 
 
-def frame(header: bytes, field: int, raw: list[np.ndarray]) -> bytes:
-    """A serialized message ``header`` followed by each array as raw-contents ``field``.
+class Layout:
+    """One raw-encoded message shape: its metadata, serialized once (``header``), then one raw
+    contents field per tensor. Writes a message with one copy of each tensor into the wire buffer
+    instead of three (tobytes, the field, serialization), and reads one with no copy at all: arrays
+    over the bytes where gRPC put them. Each fresh buffer of a large payload costs page faults,
+    which is what dominates large payloads.
 
-    Byte for byte what protobuf produces for the full message (the raw field has the highest field
-    number, and protobuf writes fields in number order), with one copy of each tensor into the wire
-    buffer instead of three (tobytes, the field, serialisation). Each fresh buffer of a large
-    payload costs page faults, which is what dominates large payloads.
+    Byte for byte what protobuf produces for the full message: the raw field has the highest field
+    number, and protobuf writes fields in number order.
     """
-    tag = _varint_bytes(field << 3 | 2)
-    parts: list[bytes | memoryview] = [header]
-    for a in raw:
-        a = np.ascontiguousarray(_le(a))
-        parts += [tag, _varint_bytes(a.nbytes), memoryview(a.reshape(-1)).cast("B")]
-    return b"".join(parts)
+
+    __slots__ = ("header", "tensors", "size", "extra")
+
+    def __init__(self, header: bytes, field: int, layout: list[tuple[str, np.dtype, tuple[int, ...]]], extra=None) -> None:
+        tag = _varint_bytes(field << 3 | 2)
+        self.header, self.extra = header, extra  # extra: what the owner needs again on a hit
+        self.tensors = []
+        size = len(header)
+        for name, dtype, shape in layout:
+            count = math.prod(shape)
+            prefix = tag + _varint_bytes(count * dtype.itemsize)
+            self.tensors.append((name, dtype, tuple(shape), count, prefix))
+            size += len(prefix) + count * dtype.itemsize
+        self.size = size
+
+    def write(self, arrays) -> bytes:
+        parts: list[bytes | memoryview] = [self.header]
+        for (_, _, _, _, prefix), a in zip(self.tensors, arrays):
+            parts += [prefix, memoryview(np.ascontiguousarray(_le(a)).reshape(-1)).cast("B")]
+        return b"".join(parts)
+
+    def read(self, data: bytes) -> dict[str, np.ndarray] | None:
+        """The arrays, if ``data`` is exactly this layout (same metadata bytes, same tensor sizes); else None."""
+        if len(data) != self.size or not data.startswith(self.header):
+            return None
+        pos, out = len(self.header), {}
+        for name, dtype, shape, count, prefix in self.tensors:
+            if not data.startswith(prefix, pos):
+                return None
+            pos += len(prefix)
+            out[name] = np.frombuffer(data, dtype, count, pos).reshape(shape)
+            pos += count * dtype.itemsize
+        return out
+
+    def from_raw(self, raw: list[memoryview]) -> dict[str, np.ndarray]:
+        """Arrays over raw contents already split from a message with this layout's metadata."""
+        if len(raw) != len(self.tensors):
+            raise BadRequest(f"{len(self.tensors)} tensors but {len(raw)} raw contents")
+        out = {}
+        for (name, dtype, shape, count, _), buf in zip(self.tensors, raw):
+            if len(buf) != count * dtype.itemsize:
+                raise BadRequest(f"tensor {name!r}: {len(buf)} bytes for shape {list(shape)} (expected {count * dtype.itemsize})")
+            out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        return out
+
+
+def signature(arrays: dict[str, np.ndarray]) -> tuple:
+    return tuple((k, v.dtype.str, v.shape) for k, v in arrays.items())
+
+
+class Layouts:
+    """The raw-encoded message layouts one end of a connection has seen, both ways.
+
+    Writing: the metadata of a message depends only on the tensors' names, dtypes and shapes (and
+    the owner's ``extra``), so it is serialized once per signature. Reading: a message whose metadata
+    bytes were seen (and, on the server, validated) before needs only its data checked; the layout
+    of the previous message is tried first, so a steady stream of same-shaped calls costs a prefix
+    comparison per call instead of a protobuf parse. Anything else goes the slow way
+    (``unknown``), and the owner teaches the result (``learn``).
+    """
+
+    def __init__(self, read_field: int, write_field: int, limit: int = 64) -> None:
+        self.read_field, self.write_field, self.limit = read_field, write_field, limit
+        self._written: dict[tuple, Layout] = {}
+        self._read: dict[bytes, Layout] = {}
+        self._last: Layout | None = None
+
+    def writer(self, arrays: dict[str, np.ndarray], make_header, extra=None) -> Layout:
+        key = (extra, signature(arrays))
+        layout = self._written.get(key)
+        if layout is None:
+            layout = Layout(make_header(), self.write_field, [(k, a.dtype, a.shape) for k, a in arrays.items()])
+            if len(self._written) < self.limit:
+                self._written[key] = layout
+        return layout
+
+    def read(self, data: bytes) -> tuple[Layout | None, dict[str, np.ndarray] | None, tuple[bytes, list[memoryview]]]:
+        """(layout, arrays, _) for a message of a known layout, else (None, None, (metadata bytes,
+        raw contents)) for the caller to parse, check and ``learn``."""
+        last = self._last
+        if last is not None:
+            arrays = last.read(data)
+            if arrays is not None:
+                return last, arrays, (b"", [])
+        meta, raw = split(data, self.read_field)
+        layout = self._read.get(meta)
+        if layout is None:
+            return None, None, (meta, raw)
+        arrays = layout.from_raw(raw)
+        self._last = layout
+        return layout, arrays, (meta, raw)
+
+    def learn(self, meta: bytes, arrays: dict[str, np.ndarray], extra=None) -> None:
+        if len(self._read) < self.limit:
+            layout = Layout(meta, self.read_field, [(k, a.dtype, a.shape) for k, a in arrays.items()], extra)
+            self._read[meta] = self._last = layout
 
 
 def split(data: bytes, raw_field: int) -> tuple[bytes, list[memoryview]]:
@@ -111,18 +203,6 @@ def parse_message(cls, data: bytes):
         return cls.FromString(data)
     except Exception as e:  # protobuf DecodeError on garbage
         raise BadRequest(f"malformed message: {e}") from None
-
-
-def from_raw(layout: list[tuple[str, np.dtype, tuple[int, ...]]], raw: list[memoryview]) -> dict[str, np.ndarray]:
-    """Arrays over raw contents whose names, dtypes and shapes are already known and validated."""
-    if len(raw) != len(layout):
-        raise BadRequest(f"{len(layout)} tensors but {len(raw)} raw contents")
-    out = {}
-    for (name, dtype, shape), buf in zip(layout, raw):
-        if len(buf) != math.prod(shape) * dtype.itemsize:
-            raise BadRequest(f"tensor {name!r}: {len(buf)} bytes for shape {list(shape)} (expected {math.prod(shape) * dtype.itemsize})")
-        out[name] = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    return out
 
 
 def _varint_bytes(v: int) -> bytes:

@@ -25,8 +25,6 @@ import warnings
 from concurrent import futures
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # 64 MiB x several inputs fits; gRPC's default 4 MiB does not
 SERVICE = "interop.inference.v2.GRPCInferenceService"
 TIMING_KEY = "x-server-timing-ns"  # trailing metadata: "decode,compute,encode" in ns
@@ -51,10 +49,9 @@ class InferenceServicer:
         self.check = codec.InputCheck(spec.inputs)
         self.order = [t.name for t in spec.inputs]
         self.to_dict = outputs_to_dict
-        # Request metadata that already passed validation, keyed by its exact bytes, and response
+        # Request layouts that already passed validation (with their request id), and response
         # headers by output signature: a client sending the same shapes again skips the work.
-        self._validated: dict[bytes, tuple[str, list[tuple[str, np.dtype, tuple[int, ...]]]]] = {}
-        self._headers: dict[tuple, bytes] = {}
+        self.layouts = codec.Layouts(codec.REQUEST_RAW_FIELD, codec.RESPONSE_RAW_FIELD, CACHE_ENTRIES)
         # frombuffer arrays over the request bytes are read-only; the model never writes its inputs
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
@@ -71,17 +68,14 @@ class InferenceServicer:
 
     def ModelInfer(self, data: bytes, context) -> bytes:
         """Bytes in, bytes out: the request's tensors are read where gRPC put them (no copy) and the
-        response's are written once into the wire buffer (codec.split / codec.frame)."""
+        response's are written once into the wire buffer (codec.Layouts)."""
         clock = time.perf_counter_ns
         t0 = clock()
         codec, grpc = self.codec, self.grpc
         try:
-            meta, raw = codec.split(data, codec.REQUEST_RAW_FIELD)
-            known = self._validated.get(meta)
-            if known is not None:  # same metadata as an earlier valid request: only the data is new
-                request_id, layout = known
-                arrays = codec.from_raw(layout, raw)
-                encoding = codec.RAW
+            layout, arrays, (meta, raw) = self.layouts.read(data)
+            if layout is not None:  # same metadata as an earlier valid request: only the data is new
+                request_id, encoding = layout.extra, codec.RAW
             else:
                 request = codec.parse_message(self.pb2.ModelInferRequest, meta)
                 if request.model_name and request.model_name != self.spec.name:
@@ -91,8 +85,8 @@ class InferenceServicer:
                 arrays = codec.decode(request.inputs, raw, encoding)
                 self.check.check(arrays)
                 request_id = request.id
-                if encoding == codec.RAW and len(self._validated) < CACHE_ENTRIES:
-                    self._validated[meta] = (request_id, [(k, a.dtype, a.shape) for k, a in arrays.items()])
+                if encoding == codec.RAW:
+                    self.layouts.learn(meta, arrays, request_id)
         except codec.BadRequest as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         t1 = clock()
@@ -105,13 +99,8 @@ class InferenceServicer:
             context.abort(grpc.StatusCode.INTERNAL, f"model raised {type(e).__name__}: {e}")
         t2 = clock()
         if encoding == codec.RAW:
-            key = (request_id, tuple((k, v.dtype.str, v.shape) for k, v in outputs.items()))
-            header = self._headers.get(key)
-            if header is None:
-                header = self.pb2_response(outputs, encoding, request_id).SerializeToString()
-                if len(self._headers) < CACHE_ENTRIES:
-                    self._headers[key] = header
-            response = codec.frame(header, codec.RESPONSE_RAW_FIELD, list(outputs.values()))
+            response = self.layouts.writer(outputs, lambda: self.pb2_response(outputs, encoding, request_id).SerializeToString(),
+                                           request_id).write(outputs.values())
         else:
             response = self.pb2_response(outputs, encoding, request_id).SerializeToString()
         t3 = clock()

@@ -61,8 +61,7 @@ class GrpcSession(Session):
         self.tmp: Path | None = None
         self.target = s.get("target") if transport == "tcp" else None
         self._phases: dict[str, int] = {}
-        self._headers: dict[tuple, bytes] = {}  # request metadata by input signature
-        self._layouts: dict[bytes, list] = {}  # output layout by response metadata bytes
+        self.layouts = codec.Layouts(codec.RESPONSE_RAW_FIELD, codec.REQUEST_RAW_FIELD)
         try:
             address = self.target or self._start_server(model, options)
             self.address = address
@@ -74,7 +73,7 @@ class GrpcSession(Session):
                 raise RuntimeError(f"the server at {address} serves model {meta.name!r} (content hash {meta.content_hash}), "
                                    f"not this run's {model.spec.name!r} ({model.content_hash}); start it with the same "
                                    "model and seed")
-            # bytes in, bytes out: codec.serialize/parse do the protobuf framing with one copy per tensor
+            # bytes in, bytes out: codec.Layouts does the protobuf framing, one copy per tensor out, none in
             self.infer = self.channel.unary_unary(f"/{SERVICE}/ModelInfer")
         except BaseException:
             self.close()
@@ -123,27 +122,23 @@ class GrpcSession(Session):
         clock = time.perf_counter_ns
         t0 = clock()
         if self.encoding == codec.RAW:
-            # the tensor metadata only changes with names, dtypes and shapes: serialise it once
-            key = tuple((k, v.dtype.str, v.shape) for k, v in inputs.items())
-            header = self._headers.get(key)
-            if header is None:
-                header = self._headers[key] = codec.request_message(
-                    self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
-            request = codec.frame(header, codec.REQUEST_RAW_FIELD, list(inputs.values()))
+            # the tensor metadata only changes with names, dtypes and shapes: serialized once
+            request = self.layouts.writer(inputs, lambda: codec.request_message(
+                self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()).write(inputs.values())
         else:
             request = codec.request_message(self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
         t1 = clock()
         data, call = self.infer.with_call(request, timeout=self.deadline(len(request)))
         t2 = clock()
-        meta, raw_out = codec.split(data, codec.RESPONSE_RAW_FIELD)
-        layout = self._layouts.get(meta) if self.encoding == codec.RAW else None
-        if layout is not None:  # same output metadata as before: only the data is new
-            outputs = codec.from_raw(layout, raw_out)
+        if self.encoding == codec.RAW:
+            layout, outputs, (meta, raw_out) = self.layouts.read(data)
         else:
+            layout, outputs, (meta, raw_out) = None, None, codec.split(data, codec.RESPONSE_RAW_FIELD)
+        if layout is None:
             response = codec.parse_message(self.pb2.ModelInferResponse, meta)
             outputs = codec.decode(response.outputs, raw_out, self.encoding)
-            if self.encoding == codec.RAW and len(self._layouts) < 64:
-                self._layouts[meta] = [(k, a.dtype, a.shape) for k, a in outputs.items()]
+            if self.encoding == codec.RAW:
+                self.layouts.learn(meta, outputs)
         t3 = clock()
         timing = dict(call.trailing_metadata() or ()).get(TIMING_KEY, "0,0,0")
         server = dict(zip(("decode", "compute", "encode"), map(int, timing.split(","))))
