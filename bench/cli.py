@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--cpus", help="pin each cell's worker (and the servers it starts) to these CPUs, e.g. 1 or 2-3; "
                                   "steadier numbers on a busy machine, but a client and its server then share them")
+    r.add_argument("--malloc", choices=("steady", "default"),
+                   help="C allocator policy of every process a cell uses: steady (default) keeps freed memory "
+                        "for reuse, default is glibc as shipped (fresh pages for each large buffer)")
     r.add_argument("--plugin", action="append", default=None, help="module that registers extra strategies")
     g = r.add_argument_group("bring your own model")
     g.add_argument("--model-factory", help="package.module:callable returning a torch.nn.Module")
@@ -162,7 +165,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- run --------------------------------------------------------------------------------------------
 MATRIX_FLAGS = ("config", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency",
-                "payload_sizes", "seed", "model_factory", "plugin", "cpus", "shard")
+                "payload_sizes", "seed", "model_factory", "plugin", "cpus", "malloc", "shard")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -172,6 +175,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile, "models": args.models, "strategies": args.strategies,
         "batch_sizes": args.batch_sizes, "threads": args.threads, "concurrency": args.concurrency,
         "payload_sizes": args.payload_sizes, "seed": args.seed, "cpus": args.cpus,
+        "malloc": args.malloc,
         "sampling": {k: getattr(args, k) for k in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci", "concurrency_s")
                      if getattr(args, k) is not None},
     }

@@ -169,6 +169,9 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     only_base = [c for c in only_base if c not in broken]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken)
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
+    bm, nm = ((r.meta().get("config") or {}).get("malloc", "default") for r in (base, new))  # older runs: glibc as shipped
+    if bm != nm:
+        cmp.warnings.append(f"different allocator policy (--malloc): {bm} -> {nm}")
     if not changes:
         cmp.warnings.append("the two runs have no validly measured cell in common")
     return cmp

@@ -12,6 +12,7 @@ Config file (TOML), every key optional::
     seed = 0
     plugins = ["mypkg.my_strategy"]         # modules that register extra strategies
     cpus = "1"                              # pin each cell's processes to these CPUs (steadier numbers)
+    malloc = "steady"                       # or "default": glibc as shipped (see bench.allocator)
 
     [payload_sweep]                         # identity model over payload sizes (each direction)
     sizes = ["1KiB", "1MiB", "64MiB"]
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.allocator import POLICIES
 from bench.errors import UserError
 from bench.measure import SamplingConfig
 from fixtures.builtin import BUILTIN_MODELS, IDENTITY_ROW_BYTES
@@ -68,7 +70,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 TOP_KEYS = {"profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
-            "payload_sweep", "sampling", "strategy", "model", "cpus"}
+            "payload_sweep", "sampling", "strategy", "model", "cpus", "malloc"}
 MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description"}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
@@ -107,6 +109,7 @@ class RunConfig:
     seed: int = 0
     plugins: list[str] = field(default_factory=list)
     cpus: list[int] = field(default_factory=list)  # pin each cell's processes to these CPUs; empty: no pinning
+    malloc: str = "steady"  # C allocator policy of every process a cell uses (bench.allocator)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -123,6 +126,7 @@ class RunConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
+        d.setdefault("malloc", "default")  # runs recorded before the setting existed ran glibc as shipped
         d["sampling"] = SamplingConfig.from_json(d.get("sampling", {}))
         d["custom_models"] = {k: ModelSpec.from_json(v) for k, v in d.get("custom_models", {}).items()}
         return cls(**d)
@@ -260,6 +264,9 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     cfg.cpus = parse_cpus(merged["cpus"]) if merged.get("cpus") not in (None, "", []) else []
     if cfg.cpus and max(cfg.threads) > len(cfg.cpus):
         raise UserError(f"threads {max(cfg.threads)} need at least that many CPUs, but cpus lists {len(cfg.cpus)}: {cfg.cpus}")
+    cfg.malloc = merged.get("malloc") or "steady"
+    if cfg.malloc not in POLICIES:
+        raise UserError(f"malloc must be one of {', '.join(POLICIES)}, got {cfg.malloc!r}")
 
     sweep = file_data.get("payload_sweep", {})
     if not isinstance(sweep, dict) or set(sweep) - {"sizes", "strategies"}:

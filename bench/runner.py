@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import strategies
+from bench import allocator
 from bench.cache import default_cache_dir, reference_path
 from bench.config import RunConfig
 from bench.errors import UserError
@@ -67,10 +68,13 @@ def shard_cells(cells: list[Cell], i: int, n: int) -> list[Cell]:
     return cells[i - 1::n]
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, malloc: str = "steady") -> dict[str, str]:
     env = dict(os.environ)
     n = str(threads)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, PYTHONHASHSEED="0")
+    for k in allocator.STEADY_ENV:  # the run's policy, not whatever the caller's shell had
+        env.pop(k, None)
+    env.update(allocator.env(malloc))
     paths = [str(Path.cwd()), str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
@@ -91,7 +95,7 @@ def _child_setup(cpus: list[int] | None):
 
 
 def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: float, threads: int = 1,
-              cpus: list[int] | None = None) -> dict[str, Any]:
+              cpus: list[int] | None = None, malloc: str = "steady") -> dict[str, Any]:
     """Run one job in a fresh interpreter in its own process group. A crash, a signal or a timeout
     becomes an error result naming it, with the tail of the worker's log."""
     global _current
@@ -104,7 +108,7 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", str(job_file)], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=worker_env(threads), start_new_session=True,
+            stdin=subprocess.DEVNULL, env=worker_env(threads, malloc), start_new_session=True,
             preexec_fn=_child_setup(cpus),
         )
         _current = proc
@@ -219,7 +223,7 @@ class Runner:
         }
         t0 = time.perf_counter()
         res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads,
-                        self.cfg.cpus)
+                        self.cfg.cpus, self.cfg.malloc)
         res.pop("ok", None)
         if res.get("user_error"):
             res = {"status": "error", "error": res.pop("user_error")}

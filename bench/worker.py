@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import allocator
 from bench.cache import reference_path
 from bench.errors import UserError
 from bench.results import atomic_write_json
@@ -117,7 +118,8 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     strategies.discover(job.get("plugins", []))
     strategy = strategies.get(c["strategy"])
     inputs = make_inputs(spec, c["batch"], job["seed"])
-    result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0))}
+    result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+                              "malloc_env": {k: os.environ[k] for k in allocator.STEADY_ENV if k in os.environ}}
 
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
     t0 = time.perf_counter()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import allocator
 from bench.results import RunDir
 from reports import plots
 from reports.tables import BASELINE, decisions, fmt_ms, fmt_num, fmt_ratio, main_cells, payload_fits
@@ -316,6 +317,7 @@ def build(run: RunDir) -> Report:
          + (" (dirty)" if git.get("dirty") else "")),
         ("profile", f"{cfg.get('profile')}; sampling: " + ", ".join(f"{k}={v}" for k, v in sampling.items())),
         ("CPU pinning", f"each cell's processes on CPUs {cfg['cpus']}" if cfg.get("cpus") else "none (the OS schedules freely)"),
+        ("allocator", allocator.describe(cfg.get("malloc", "default"))),
         ("seed", str(cfg.get("seed"))), ("host", env.get("hostname", "?")), ("CI", str(env.get("ci"))),
     ] + [(f"session: {s}", ", ".join(f"{k} {v}" for k, v in d.items())) for s, d in sorted(sessions.items())]
     sec.tables.append(Table(["", ""], [[k, str(v)] for k, v in kv], align_numbers=False))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from bench import allocator
 from bench.results import RunDir
 from reports.tables import decisions
 from tests.byom_models import TWO_INPUT_SPEC
@@ -139,6 +140,7 @@ def test_quick_run_results_are_complete(quick_run: Path):
         assert r["memory"]["steady_rss"] > 0 and r["memory"]["peak_rss"] >= r["memory"]["baseline_rss"]
         assert r["cold_start_s"] >= r["first_call_s"] > 0
         assert r["throughput"]["samples_per_s"] > 0
+        assert r["malloc_env"] == allocator.STEADY_ENV  # the default policy reached every worker
     df = run.frame()
     assert set(df.columns) >= {"p50_ms", "p99_ms", "iqr_ms", "throughput_sps", "mem_peak_mb", "vs_torch_p50", "max_abs_err"}
     assert (df[df.strategy == "torch"].vs_torch_p50 == 1.0).all()
@@ -148,10 +150,13 @@ def test_quick_run_results_are_complete(quick_run: Path):
     assert order == QUICK_STRATEGIES * 2
 
 
-def test_cells_can_be_pinned_to_cpus(tmp_path: Path):
+def test_cells_can_be_pinned_to_cpus_and_given_glibc_as_shipped(tmp_path: Path):
     p = run_bench("run", "--models", "mlp", "--strategies", "torch,grpc", "--batch-sizes", "1", "--concurrency", "1",
-                  "--payload-sizes", "none", "--cpus", "0", "--out", str(tmp_path), "--run-id", "p", *FAST, cwd=tmp_path)
+                  "--payload-sizes", "none", "--cpus", "0", "--malloc", "default", "--out", str(tmp_path), "--run-id", "p",
+                  *FAST, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     for r in _cells(tmp_path / "p").values():
         assert r["status"] == "ok" and r["cpu_affinity"] == [0], (r["cell"]["id"], r.get("cpu_affinity"))
-    assert "each cell&#x27;s processes on CPUs [0]" in (tmp_path / "p" / "report.html").read_text()
+        assert r["malloc_env"] == {}, r["malloc_env"]
+    html = (tmp_path / "p" / "report.html").read_text()
+    assert "each cell&#x27;s processes on CPUs [0]" in html and "glibc malloc as shipped" in html

@@ -3,9 +3,10 @@
 unary echo of the same bytes, both on TCP loopback with one channel, measured alternately in one
 run. The figure is the median of the paired per-round ratios (each pair measured back to back, so
 drift on a shared machine cancels). Target: the strategy adds at most 20% over the bare echo.
-Prints figures; a miss is reported, not raised.
+Prints figures; a miss is reported, not raised. Every process here (this client, both servers)
+runs the allocator policy a bench run gives its cells (``--malloc``, default steady).
 
-    python -m tests.benchmarks.grpc_overhead [--rounds 9]
+    python -m tests.benchmarks.grpc_overhead [--rounds 9] [--malloc default]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import allocator
 from tests.benchmarks.common import paired
 
 TARGET = 0.20
@@ -29,7 +31,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--seconds", type=float, default=0.5)
+    ap.add_argument("--malloc", choices=allocator.POLICIES, default="steady")
     args = ap.parse_args()
+    applied = allocator.apply_here(args.malloc)  # before any large allocation; the servers inherit it
 
     import grpc
 
@@ -52,6 +56,7 @@ def main() -> int:
         echo = channel.unary_unary("/echo.Echo/Echo")  # bytes, no serializer
         grpc.channel_ready_future(channel).result(timeout=30)
         print(f"gRPC strategy vs bare grpcio echo, identity model, TCP loopback, {args.rounds} alternating rounds")
+        print(f"allocator: {allocator.describe(args.malloc)}" + ("" if applied else " (not glibc: not applied)"))
         print(f"{'payload':>8} {'grpc p50':>11} {'echo p50':>11} {'added':>8}   per-round ratios")
         worst = 0.0
         for label, rows in SIZES.items():
