@@ -5,9 +5,10 @@ free, and when it stops doing so depends on the order of earlier allocations. A 
 builds one fresh multi-MiB buffer per call (a gRPC message, an output tensor) then pays a page
 fault per 4 KiB on some runs and not on others: on this project's 2-vCPU machines a bare grpcio
 echo of a freshly built 16 MiB message took 46-48 ms, of one reused 16 MiB message 23-24 ms,
-while the copy that built it took 1 ms. That is the allocator, not the strategy, so by default every cell runs with the policy a serving team would
-pick (``steady``): blocks up to 32 MiB come from the heap and freed memory is kept for reuse.
-``default`` leaves glibc as shipped, to measure exactly that.
+while the copy that built it took 1 ms. That is the allocator, not the strategy, so by default
+every cell runs with the policy a serving team would pick (``steady``): blocks up to 32 MiB come
+from the heap and freed memory is kept for reuse. ``default`` leaves glibc as shipped, to measure
+exactly that.
 
 Applied through glibc's environment variables, so it holds from the first allocation of each
 process and is inherited by the servers a worker starts. Other C libraries ignore them.
