@@ -25,6 +25,12 @@ TRIM_THRESHOLD = 2**30
 STEADY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
+def of_run(config: dict) -> str:
+    """The policy a recorded run's config says it ran; runs recorded before the setting existed ran
+    glibc as shipped."""
+    return config.get("malloc", "default")
+
+
 def env(policy: str) -> dict[str, str]:
     """Environment variables that give a new process ``policy``."""
     return dict(STEADY_ENV) if policy == "steady" else {}

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import allocator
 from bench.results import RunDir
 
 DEFAULT_THRESHOLD = 0.10
@@ -169,7 +170,7 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     only_base = [c for c in only_base if c not in broken]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken)
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
-    bm, nm = ((r.meta().get("config") or {}).get("malloc", "default") for r in (base, new))  # older runs: glibc as shipped
+    bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
     if bm != nm:
         cmp.warnings.append(f"different allocator policy (--malloc): {bm} -> {nm}")
     if not changes:

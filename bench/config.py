@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.allocator import POLICIES
+from bench import allocator
 from bench.errors import UserError
 from bench.measure import SamplingConfig
 from fixtures.builtin import BUILTIN_MODELS, IDENTITY_ROW_BYTES
@@ -126,7 +126,7 @@ class RunConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        d.setdefault("malloc", "default")  # runs recorded before the setting existed ran glibc as shipped
+        d["malloc"] = allocator.of_run(d)
         d["sampling"] = SamplingConfig.from_json(d.get("sampling", {}))
         d["custom_models"] = {k: ModelSpec.from_json(v) for k, v in d.get("custom_models", {}).items()}
         return cls(**d)
@@ -265,8 +265,8 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     if cfg.cpus and max(cfg.threads) > len(cfg.cpus):
         raise UserError(f"threads {max(cfg.threads)} need at least that many CPUs, but cpus lists {len(cfg.cpus)}: {cfg.cpus}")
     cfg.malloc = merged.get("malloc") or "steady"
-    if cfg.malloc not in POLICIES:
-        raise UserError(f"malloc must be one of {', '.join(POLICIES)}, got {cfg.malloc!r}")
+    if cfg.malloc not in allocator.POLICIES:
+        raise UserError(f"malloc must be one of {', '.join(allocator.POLICIES)}, got {cfg.malloc!r}")
 
     sweep = file_data.get("payload_sweep", {})
     if not isinstance(sweep, dict) or set(sweep) - {"sizes", "strategies"}:

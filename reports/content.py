@@ -317,7 +317,7 @@ def build(run: RunDir) -> Report:
          + (" (dirty)" if git.get("dirty") else "")),
         ("profile", f"{cfg.get('profile')}; sampling: " + ", ".join(f"{k}={v}" for k, v in sampling.items())),
         ("CPU pinning", f"each cell's processes on CPUs {cfg['cpus']}" if cfg.get("cpus") else "none (the OS schedules freely)"),
-        ("allocator", allocator.describe(cfg.get("malloc", "default"))),
+        ("allocator", allocator.describe(allocator.of_run(cfg))),
         ("seed", str(cfg.get("seed"))), ("host", env.get("hostname", "?")), ("CI", str(env.get("ci"))),
     ] + [(f"session: {s}", ", ".join(f"{k} {v}" for k, v in d.items())) for s, d in sorted(sessions.items())]
     sec.tables.append(Table(["", ""], [[k, str(v)] for k, v in kv], align_numbers=False))
