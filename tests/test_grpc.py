@@ -139,6 +139,14 @@ def test_layout_writes_what_protobuf_writes_and_reads_it_back():
             assert got[k].dtype == arrays[k].dtype
     other = {**arrays, "x": arrays["x"][:, :299]}
     assert layouts.read(codec.encode_request(pb2, other, codec.RAW, "m").SerializeToString())[0] is None
+    # arrays that are not C-contiguous or not little-endian take the copying path, and write the same bytes
+    strided = np.zeros((2, 600), np.float32)
+    strided[:, ::2] = arrays["x"]
+    awkward = {"ids": np.asfortranarray(arrays["ids"]), "mask": arrays["mask"].astype(">i8"), "x": strided[:, ::2]}
+    assert not awkward["ids"].flags.c_contiguous and not awkward["x"].flags.c_contiguous
+    written = codec.Layouts(codec.REQUEST_RAW_FIELD, codec.REQUEST_RAW_FIELD).writer(
+        awkward, lambda: codec.request_message(pb2, awkward, codec.RAW, "m").SerializeToString())
+    assert written.write(awkward.values()) == data
 
 
 def test_metadata_describes_the_model(server):

@@ -83,9 +83,11 @@ class Layout:
         self.size = size
 
     def write(self, arrays) -> bytes:
-        parts: list[bytes | memoryview] = [self.header]
+        parts: list = [self.header]
         for (_, _, _, _, prefix), a in zip(self.tensors, arrays):
-            parts += [prefix, memoryview(np.ascontiguousarray(_le(a)).reshape(-1)).cast("B")]
+            if not (a.flags.c_contiguous and _little(a.dtype)):  # else bytes.join reads the array's buffer as is
+                a = np.ascontiguousarray(_le(a))
+            parts += (prefix, a)
         return b"".join(parts)
 
     def read(self, data: bytes) -> dict[str, np.ndarray] | None:
@@ -114,7 +116,7 @@ class Layout:
 
 
 def signature(arrays: dict[str, np.ndarray]) -> tuple:
-    return tuple((k, v.dtype.str, v.shape) for k, v in arrays.items())
+    return tuple([(k, v.dtype, v.shape) for k, v in arrays.items()])  # dtypes of other byte order differ
 
 
 class Layouts:
@@ -230,8 +232,12 @@ def _read_varint(mv: memoryview, pos: int) -> tuple[int, int]:
             raise BadRequest("malformed varint")
 
 
+def _little(dtype: np.dtype) -> bool:
+    return dtype.byteorder in "<|" or (dtype.byteorder == "=" and LITTLE)
+
+
 def _le(a: np.ndarray) -> np.ndarray:
-    return a if (LITTLE or a.dtype.byteorder in "<|") else a.astype(a.dtype.newbyteorder("<"))
+    return a if _little(a.dtype) else a.astype(a.dtype.newbyteorder("<"))
 
 
 def request_encoding(message) -> str:
