@@ -126,7 +126,7 @@ def test_layout_writes_what_protobuf_writes_and_reads_it_back():
               "x": np.linspace(-1, 1, 2 * 300, dtype=np.float32).reshape(2, 300)}
     layouts = codec.Layouts(codec.REQUEST_RAW_FIELD, codec.REQUEST_RAW_FIELD)
     header = codec.request_message(pb2, arrays, codec.RAW, "m").SerializeToString()
-    data = layouts.writer(arrays, lambda: header).write(arrays.values())
+    data = layouts.writer(arrays, lambda arrays, extra: header).write(arrays.values())
     assert data == codec.encode_request(pb2, arrays, codec.RAW, "m").SerializeToString()
     assert layouts.read(data)[0] is None  # not learned yet: the caller parses and checks
     meta, raw = codec.split(data, codec.REQUEST_RAW_FIELD)
@@ -145,7 +145,7 @@ def test_layout_writes_what_protobuf_writes_and_reads_it_back():
     awkward = {"ids": np.asfortranarray(arrays["ids"]), "mask": arrays["mask"].astype(">i8"), "x": strided[:, ::2]}
     assert not awkward["ids"].flags.c_contiguous and not awkward["x"].flags.c_contiguous
     written = codec.Layouts(codec.REQUEST_RAW_FIELD, codec.REQUEST_RAW_FIELD).writer(
-        awkward, lambda: codec.request_message(pb2, awkward, codec.RAW, "m").SerializeToString())
+        awkward, lambda arrays, extra: codec.request_message(pb2, arrays, codec.RAW, "m").SerializeToString())
     assert written.write(awkward.values()) == data
 
 

@@ -137,10 +137,12 @@ class Layouts:
         self._last: Layout | None = None
 
     def writer(self, arrays: dict[str, np.ndarray], make_header, extra=None) -> Layout:
+        """The layout to write ``arrays`` with; ``make_header(arrays, extra)`` serializes the metadata
+        of a signature not seen before."""
         key = (extra, signature(arrays))
         layout = self._written.get(key)
         if layout is None:
-            layout = Layout(make_header(), self.write_field, [(k, a.dtype, a.shape) for k, a in arrays.items()])
+            layout = Layout(make_header(arrays, extra), self.write_field, [(k, a.dtype, a.shape) for k, a in arrays.items()])
             if len(self._written) < self.limit:
                 self._written[key] = layout
         return layout

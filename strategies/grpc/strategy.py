@@ -123,10 +123,9 @@ class GrpcSession(Session):
         t0 = clock()
         if self.encoding == codec.RAW:
             # the tensor metadata only changes with names, dtypes and shapes: serialized once
-            request = self.layouts.writer(inputs, lambda: codec.request_message(
-                self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()).write(inputs.values())
+            request = self.layouts.writer(inputs, self._request_header).write(inputs.values())
         else:
-            request = codec.request_message(self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
+            request = self._request_header(inputs)
         t1 = clock()
         data, call = self.infer.with_call(request, timeout=self.deadline(len(request)))
         t2 = clock()
@@ -148,6 +147,10 @@ class GrpcSession(Session):
             "client_decode": t3 - t2,
         }
         return outputs
+
+    def _request_header(self, inputs: Arrays, extra=None) -> bytes:
+        """The request without its raw contents (for JSON, the whole request)."""
+        return codec.request_message(self.pb2, dict(inputs), self.encoding, self.spec.name).SerializeToString()
 
     def deadline(self, request_bytes: int) -> float:
         """The call's deadline: the configured one, or 10 s + 1 s per MB each way, so a slow naive
