@@ -22,11 +22,26 @@ def median_call_s(fn: Callable[[], object], seconds: float) -> float:
     return float(np.median(samples)) / 1e9
 
 
+def interleaved(calls: dict[str, Callable[[], object]], rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Each call's median time per round, all calls measured in every round so drift on a shared
+    machine affects them alike; compare them by per-round ratios and summarise with the median.
+
+    The order rotates from round to round (a b c, b c a, c a b, ...): whichever runs right after a
+    switch between two servers or code paths can be systematically slower or faster, and a fixed
+    order would put that bias into every ratio. A multiple of len(calls) rounds balances it exactly."""
+    names = list(calls)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(rounds):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            out[n].append(median_call_s(calls[n], seconds))
+    return out
+
+
+def ratios(times: dict[str, list[float]], name: str, reference: str) -> list[float]:
+    return [x / y for x, y in zip(times[name], times[reference])]
+
+
 def paired(a: Callable[[], object], b: Callable[[], object], rounds: int, seconds: float) -> tuple[float, float, list[float]]:
-    """(median of a, median of b, per-round ratios a/b), a and b measured back to back each round
-    so drift on a shared machine affects both alike; summarise with the median ratio."""
-    ours, theirs = [], []
-    for _ in range(rounds):
-        ours.append(median_call_s(a, seconds))
-        theirs.append(median_call_s(b, seconds))
-    return statistics.median(ours), statistics.median(theirs), [x / y for x, y in zip(ours, theirs)]
+    """(median of a, median of b, per-round ratios a/b): ``interleaved`` for two calls."""
+    t = interleaved({"a": a, "b": b}, rounds, seconds)
+    return statistics.median(t["a"]), statistics.median(t["b"]), ratios(t, "a", "b")

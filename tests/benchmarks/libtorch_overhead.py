@@ -3,7 +3,7 @@ forward -> NumPy over the output tensor) against calling the same TorchScript fi
 (torch.jit.load, torch.from_numpy, .numpy()), side by side in alternating rounds, plus the
 identity floor of every in-process strategy. Prints figures.
 
-    python -m tests.benchmarks.libtorch_overhead [--rounds 7]
+    python -m tests.benchmarks.libtorch_overhead [--rounds 8]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=0.4)
     args = ap.parse_args()
 
