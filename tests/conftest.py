@@ -64,6 +64,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # enough samples that a rerun's noise stays inside the threshold's confidence bound
 BUDGET = ["--warmup", "0.05", "--min-time", "0.3", "--max-time", "0.6", "--concurrency-time", "0.4"]
+GATE_THRESHOLDS = ["--threshold", "150%", "--threshold-concurrent", "150%"]
 MATRIX = ["--models", "mlp", "--strategies", "torch,slow-test", "--batch-sizes", "1", "--concurrency", "1,2",
           "--payload-sizes", "none", "--no-report"]
 
@@ -76,16 +77,20 @@ def _config(tmp: Path, delay_us: int) -> Path:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A base run, an identical rerun and a run with 400 µs planted in every slow-test call; the last
-    one gated against the base with --baseline."""
+    """A base run, then two runs gated against it with --baseline: an identical rerun
+    (gate-rerun.txt) and one with 400 µs planted in every slow-test call (gate.txt).
+
+    The gate's threshold here is 150%: on the shared 2-vCPU machine CI runs on, the same call runs
+    up to 1.97x slower for seconds at a time, so an unchanged cell measured once for the base can
+    differ by that much from every later measurement. The planted slowdown is 5.9-6.7x. How often
+    the default 10% cries wolf is a figure (tests/benchmarks/compare_false_alarms.py), not a test."""
     root = tmp_path_factory.mktemp("compare")
-    for run_id, delay in (("base", 0), ("rerun", 0)):
+    p = run_bench("run", "--config", str(_config(root, 0)), *MATRIX, *BUDGET, "--out", str(root), "--run-id", "base", cwd=root)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for run_id, delay, gate in (("rerun", 0, "gate-rerun.txt"), ("slow", 400, "gate.txt")):
         p = run_bench("run", "--config", str(_config(root, delay)), *MATRIX, *BUDGET, "--out", str(root),
-                      "--run-id", run_id, cwd=root)
-        assert p.returncode == 0, p.stderr[-3000:]
-    p = run_bench("run", "--config", str(_config(root, 400)), *MATRIX, *BUDGET, "--out", str(root),
-                  "--run-id", "slow", "--baseline", "base", cwd=root)
-    (root / "gate.txt").write_text(f"{p.returncode}\n{p.stdout}\n{p.stderr}")
+                      "--run-id", run_id, "--baseline", "base", *GATE_THRESHOLDS, cwd=root)
+        (root / gate).write_text(f"{p.returncode}\n{p.stdout}\n{p.stderr}")
     return root
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.results import RunDir
-from tests.conftest import bench_env, run_bench
+from tests.conftest import GATE_THRESHOLDS, bench_env, run_bench
 
 
 def test_planted_slowdown_is_flagged_and_fails_the_gate(runs: Path):
@@ -28,17 +28,24 @@ def test_planted_slowdown_is_flagged_and_fails_the_gate(runs: Path):
     slow = next(c for c in cmp["changes"] if c["cell_id"] == "mlp/slow-test/b1/t1/c1")
     assert slow["ratio"] > 1.5 and slow["ci_low"] > 1.1 and slow["p_value"] < 1e-6
     assert "REGRESSIONS" in out[0] and "mlp/slow-test/b1/t1/c1" in out[0]
-    # the gate measured the flagged cells again before failing, and kept the first measurement
-    assert "re-measuring" in out[0] and (runs / "slow" / "cells" / "mlp__slow-test__b1__t1__c1.unconfirmed.json.bak").exists()
+    # the gate measured the flagged cells again, every attempt, before failing, and kept each measurement
+    cells = runs / "slow" / "cells"
+    assert "re-measuring" in out[0] and "attempt 3 of 3" in out[0]
+    for bak in ("unconfirmed", "unconfirmed-2", "unconfirmed-3"):
+        assert (cells / f"mlp__slow-test__b1__t1__c1.{bak}.json.bak").exists(), bak
 
 
-def test_identical_rerun_is_not_flagged(runs: Path, tmp_path: Path):
-    p = run_bench("compare", str(runs / "base"), str(runs / "rerun"), "--json", str(tmp_path / "c.json"), cwd=tmp_path)
+def test_identical_rerun_passes_the_gate(runs: Path, tmp_path: Path):
+    # a single measurement of an unchanged cell can land in a slow period of the shared machine and
+    # be flagged (README: false alarms); the gate measures such cells again and must then pass
+    rc, *out = (runs / "gate-rerun.txt").read_text().split("\n", 1)
+    assert rc == "0", out
+    p = run_bench("compare", str(runs / "base"), str(runs / "rerun"), *GATE_THRESHOLDS, "--json", str(tmp_path / "c.json"),
+                  cwd=tmp_path)
     cmp = json.loads((tmp_path / "c.json").read_text())
-    assert p.returncode == (1 if any(c["verdict"] == "regression" for c in cmp["changes"]) else 0), p.stdout
+    assert p.returncode == 0, p.stdout
     assert len(cmp["changes"]) == 6  # 4 latencies, 2 throughputs
-    flagged = [c["cell_id"] for c in cmp["changes"] if c["verdict"] == "regression"]
-    assert not [c for c in flagged if c.endswith("/c1")], flagged
+    assert not [c for c in cmp["changes"] if c["verdict"] == "regression"]
 
 
 def test_compare_by_run_id_and_direction(runs: Path, tmp_path: Path):
