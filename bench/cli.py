@@ -304,12 +304,12 @@ def _gate(baseline: Any, run: RunDir, cfg: Any, args: argparse.Namespace) -> int
     from bench.results import Cell
     from bench.runner import Runner
 
-    def regressed(among: set[str] | None = None) -> list[str]:
-        ids = {c.cell_id for c in compare_runs(baseline, run, *_thresholds(args)).regressions}
-        return sorted(ids if among is None else ids & among)
+    def regressed(cmp: Any) -> set[str]:
+        return {c.cell_id for c in cmp.regressions}
 
     print(f"\nagainst baseline {baseline.path}:")
-    first = flagged = regressed()
+    cmp = compare_runs(baseline, run, *_thresholds(args))
+    first = flagged = sorted(regressed(cmp))
     for attempt in range(1, CONFIRM_ATTEMPTS + 1):
         if not flagged:
             break
@@ -320,13 +320,13 @@ def _gate(baseline: Any, run: RunDir, cfg: Any, args: argparse.Namespace) -> int
             path = run.cell_path(c)
             path.replace(path.with_name(path.stem + (".unconfirmed" if attempt == 1 else f".unconfirmed-{attempt}") + ".json.bak"))
         Runner(cfg, run, cells=cells).execute()
-        flagged = regressed(set(flagged))
+        cmp = compare_runs(baseline, run, *_thresholds(args))
+        flagged = sorted(regressed(cmp) & set(flagged))
     if first:
         run.write_summary()
         if not args.no_history:
             _record(run, args)
-    threshold, alpha, concurrent = _thresholds(args)
-    status = _compare(baseline, run, threshold, alpha, run.path / "compare.json", concurrent)
+    status = _report(cmp, run.path / "compare.json")  # the comparison of the run as it now stands
     cleared = len(first) - len(flagged)
     if cleared:
         print(f"({cleared} of the {len(first)} cell(s) flagged at first did not regress when measured again)")
@@ -396,11 +396,18 @@ def _record(run: RunDir, args: argparse.Namespace) -> None:
 
 def _compare(base: RunDir, new: RunDir, threshold: float | None, alpha: float, json_path: Path | None,
              concurrent_threshold: float | None = None) -> int:
-    from bench.compare import DEFAULT_CONCURRENT_THRESHOLD, DEFAULT_THRESHOLD, compare_runs, format_comparison
+    from bench.compare import DEFAULT_CONCURRENT_THRESHOLD, DEFAULT_THRESHOLD, compare_runs
+
+    return _report(compare_runs(base, new, DEFAULT_THRESHOLD if threshold is None else threshold, alpha,
+                                DEFAULT_CONCURRENT_THRESHOLD if concurrent_threshold is None else concurrent_threshold),
+                   json_path)
+
+
+def _report(cmp: Any, json_path: Path | None) -> int:
+    """Print a comparison, write it as JSON if asked; 1 if it fails a gate."""
+    from bench.compare import format_comparison
     from bench.results import atomic_write_json
 
-    cmp = compare_runs(base, new, DEFAULT_THRESHOLD if threshold is None else threshold, alpha,
-                       DEFAULT_CONCURRENT_THRESHOLD if concurrent_threshold is None else concurrent_threshold)
     print(format_comparison(cmp))
     if json_path:
         atomic_write_json(json_path, cmp.to_json())
