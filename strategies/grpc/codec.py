@@ -70,7 +70,7 @@ class Layout:
 
     __slots__ = ("header", "tensors", "size", "extra")
 
-    def __init__(self, header: bytes, field: int, layout: list[tuple[str, np.dtype, tuple[int, ...]]], extra=None) -> None:
+    def __init__(self, header: bytes, field: int, layout: tuple[tuple[str, np.dtype, tuple[int, ...]], ...], extra=None) -> None:
         tag = _varint_bytes(field << 3 | 2)
         self.header, self.extra = header, extra  # extra: what the owner needs again on a hit
         self.tensors = []
@@ -142,7 +142,7 @@ class Layouts:
         key = (extra, signature(arrays))
         layout = self._written.get(key)
         if layout is None:
-            layout = Layout(make_header(arrays, extra), self.write_field, [(k, a.dtype, a.shape) for k, a in arrays.items()])
+            layout = Layout(make_header(arrays, extra), self.write_field, key[1])
             if len(self._written) < self.limit:
                 self._written[key] = layout
         return layout
@@ -165,7 +165,7 @@ class Layouts:
 
     def learn(self, meta: bytes, arrays: dict[str, np.ndarray], extra=None) -> None:
         if len(self._read) < self.limit:
-            layout = Layout(meta, self.read_field, [(k, a.dtype, a.shape) for k, a in arrays.items()], extra)
+            layout = Layout(meta, self.read_field, signature(arrays), extra)
             self._read[meta] = self._last = layout
 
 

@@ -30,7 +30,7 @@ def copy(request: bytes, context) -> bytes:
 
 def timed_copy(request: bytes, context) -> bytes:
     t0 = time.perf_counter_ns()
-    response = bytes(memoryview(request))
+    response = copy(request, context)
     t1 = time.perf_counter_ns()
     context.set_trailing_metadata(((TIMING_KEY, f"0,0,{t1 - t0}"),))
     return response
