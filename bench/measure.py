@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from bench.stats import summarize
-from strategies.base import Arrays, Session
+from strategies.base import Arrays, LoadTimings, Session
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,10 @@ def closed_loop(
     between_rounds: Callable[[], None] = lambda: None,
 ) -> LoadResult:
     """N callers in threads, each calling run() back to back (perf_analyzer's concurrency mode):
-    a warm-up with all callers running, then every completed call's latency over duration_s."""
+    a warm-up with all callers running, then every completed call's latency over duration_s.
+    A session whose callers live in another runtime runs them there (``Session.run_load``)."""
+    if type(session).run_load is not Session.run_load:
+        return _foreign_load(session, inputs, callers, duration_s, warmup_s, between_rounds)
     barrier = threading.Barrier(callers + 1)
     stop = threading.Event()
     measuring = threading.Event()
@@ -153,3 +156,31 @@ def closed_loop(
         t.join(timeout=60)
     lat = np.array([x for lst in per_thread for x in lst], dtype=np.int64)
     return LoadResult(lat, len(lat), wall, errors)
+
+
+def _foreign_load(
+    session: Session, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
+    between_rounds: Callable[[], None],
+) -> LoadResult:
+    """The session's own threads make the calls; a Python thread waits on them (the session releases
+    the GIL) while this one samples memory between rounds."""
+    box: list[LoadTimings | BaseException | None] = []
+
+    def drive() -> None:
+        try:
+            box.append(session.run_load(inputs, callers, duration_s, warmup_s))
+        except BaseException as e:  # reported as the load's error below
+            box.append(e)
+
+    t = threading.Thread(target=drive, daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.1)
+        between_rounds()
+    got = box[0] if box else RuntimeError("the session's load ended without a result")
+    if isinstance(got, BaseException):
+        return LoadResult(np.empty(0, dtype=np.int64), 0, 0.0, [f"{type(got).__name__}: {got}"])
+    if got is None:
+        raise TypeError(f"{type(session).__name__}.run_load returned None after overriding it")
+    lat = np.asarray(got.latency_ns, dtype=np.int64)
+    return LoadResult(lat, len(lat), got.wall_s, [got.error] if got.error else [])

@@ -13,10 +13,18 @@ import pkgutil
 from importlib.metadata import entry_points
 
 from bench.errors import UserError
-from strategies.base import Availability, CallTimings, ModelHandle, Session, SessionOptions, Strategy
+from strategies.base import (
+    Availability,
+    CallTimings,
+    LoadTimings,
+    ModelHandle,
+    Session,
+    SessionOptions,
+    Strategy,
+)
 
 __all__ = [
-    "Availability", "CallTimings", "ModelHandle", "Session", "SessionOptions", "Strategy",
+    "Availability", "CallTimings", "LoadTimings", "ModelHandle", "Session", "SessionOptions", "Strategy",
     "register", "discover", "get", "names",
 ]
 

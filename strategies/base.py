@@ -11,6 +11,9 @@ A strategy is one way of running a PyTorch model from an application. The harnes
     session.run({name: ndarray}) -> {name: ndarray}       inference on named NumPy arrays
     session.time_calls(inputs, n)             -> CallTimings, n timed calls (override to time inside
                                                  a foreign runtime; the default times run())
+    session.run_load(inputs, callers, s, warmup_s) -> LoadTimings or None: N callers back to back in
+                                                 the foreign runtime's own threads (None: the harness
+                                                 runs them as Python threads calling run())
     session.close()
 
 Everything heavy (torch, onnxruntime, a CLR, a server) must be imported inside ``prepare``/``open``,
@@ -95,6 +98,16 @@ class CallTimings:
     phases_ns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class LoadTimings:
+    """A closed-loop load run by the session's own runtime: the latency in ns of every call that
+    completed inside the measured window, the window's length, and the first caller's error if any."""
+
+    latency_ns: np.ndarray
+    wall_s: float
+    error: str = ""
+
+
 class Session(ABC):
     """An open runtime, ready to run the model. Opened once per cell, closed at its end."""
 
@@ -128,6 +141,14 @@ class Session(ABC):
             for p, v in self.last_phases_ns().items():
                 phases[p][i] = v
         return CallTimings(lat, phases)
+
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings | None:
+        """Override when the application's callers live in another runtime (C++, C#): run ``callers``
+        threads of that runtime calling back to back, warm up for warmup_s, then time every call
+        completed within duration_s. The harness calls it from a Python thread and samples memory
+        meanwhile, so release the GIL while the load runs. The default (None) lets the harness run
+        the callers as Python threads calling run()."""
+        return None
 
     def pids(self) -> list[tuple[int, str]]:
         """Other processes this session uses (a server, ...), as (pid, role), so memory counts them."""

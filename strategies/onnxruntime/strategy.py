@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,54 +14,9 @@ from strategies.base import (
     Strategy,
     package_version,
 )
+from strategies.onnxruntime.export import MODEL_FILE, export_into, export_onnx, exporter_id
 
-MODEL_FILE = "model.onnx"
-EXPORT_BATCH = 2  # torch.export specialises sizes 0 and 1, so trace the batch dimension at 2
-
-
-class ExportError(RuntimeError):
-    """The model could not be exported to ONNX; the message names the cause in one line."""
-
-
-def export_failure(e: Exception) -> ExportError:
-    """torch.onnx's messages run to pages with ANSI colours; keep the exception summary and the
-    model line that raised it. The full text stays in the traceback."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    cause = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    m = re.search(r"## Exception summary\s*\n\s*(.+)", text)
-    if m:
-        cause = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", m.group(1).strip())
-    where = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+).*\n\s*(.+)', text)
-    loc = f" at {Path(where.group(1)).name}:{where.group(2)} `{where.group(3).strip()}`" if where else ""
-    return ExportError(f"ONNX export failed ({type(e).__name__}): {cause[:300]}{loc}")
-
-
-def export_onnx(model: ModelHandle, path: Path) -> dict:
-    """torch.onnx.export(dynamo=True) with every input's batch dimension dynamic."""
-    import torch
-
-    from fixtures.loading import to_torch_inputs
-
-    spec = model.spec
-    module = model.build()
-    args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
-    batch = torch.export.Dim("batch", min=1)
-    dynamic_shapes = tuple({t.shape.index("batch"): batch} if "batch" in t.shape else {} for t in spec.inputs)
-    try:
-        program = torch.onnx.export(
-            module, args, dynamo=True, input_names=[t.name for t in spec.inputs],
-            output_names=list(spec.outputs), dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
-        )
-    except Exception as e:
-        raise export_failure(e) from e
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    program.save(str(path))
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return {"opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0),
-            "nodes": len(proto.graph.node)}
+__all__ = ["MODEL_FILE", "OnnxRuntime", "OrtSession", "export_onnx"]
 
 
 class OrtSession(Session):
@@ -105,11 +58,13 @@ class OnnxRuntime(Strategy):
         return Availability(True)
 
     def runtime_versions(self) -> dict[str, str]:
-        return {d: package_version(d) for d in ("onnxruntime", "onnx", "onnxscript", "torch")}
+        return {**{d: package_version(d) for d in ("onnxruntime", "onnx", "onnxscript", "torch")},
+                "onnx export": exporter_id()}
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        info = export_onnx(model, out_dir / MODEL_FILE)
-        (out_dir / "export.json").write_text(json.dumps(info))
+        from bench.cache import default_cache_dir
+
+        export_into(model, out_dir, default_cache_dir())
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         assert artifacts is not None

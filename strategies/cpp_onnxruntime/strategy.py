@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from strategies import register
+from strategies.base import (
+    Arrays,
+    Availability,
+    CallTimings,
+    LoadTimings,
+    ModelHandle,
+    Session,
+    SessionOptions,
+    Strategy,
+    package_version,
+)
+from strategies.onnxruntime.export import INFO_FILE, MODEL_FILE, export_into, exporter_id
+
+PHASES = ("wrap", "run", "unwrap")
+
+
+class CppOrtSession(Session):
+    """The C++ Runner with ONNX Runtime's session. Every number comes from the C++ clock; time_calls
+    and run_load are the C++ application itself, with no Python between its calls."""
+
+    phases = PHASES
+
+    def __init__(self, artifacts: Path, model: ModelHandle, options: SessionOptions) -> None:
+        from strategies.cpp_onnxruntime import build
+
+        self._ext = build.load()
+        self.order = [t.name for t in model.spec.inputs]
+        self.outputs = list(model.spec.outputs)
+        spinning = bool(options.settings.get("spinning", True))
+        self.runner = self._ext.Runner(str(artifacts / MODEL_FILE), options.threads, spinning, self.order, self.outputs)
+        self._phases: dict[str, int] = {}
+        info = artifacts / INFO_FILE
+        self._export = json.loads(info.read_text()) if info.exists() else {}
+        self._threads = options.threads
+
+    def _args(self, inputs: Arrays) -> list[np.ndarray]:
+        return [inputs[n] for n in self.order]
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        outs, (t_wrap, t_run, t_unwrap) = self.runner.run(self._args(inputs))
+        self._phases = {"wrap": t_wrap, "run": t_run, "unwrap": t_unwrap}
+        return dict(zip(self.outputs, outs))
+
+    def last_phases_ns(self) -> dict[str, int]:
+        return self._phases
+
+    def time_calls(self, inputs: Arrays, n: int) -> CallTimings:
+        lat, phases = self.runner.time_calls(self._args(inputs), n)
+        return CallTimings(lat, dict(zip(PHASES, phases)))
+
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
+        lat, wall, error = self.runner.closed_loop(self._args(inputs), callers, duration_s, warmup_s)
+        return LoadTimings(lat, wall, error)
+
+    def describe(self) -> dict[str, Any]:
+        return {"caller": "C++ (Ort::Session::Run), timed in C++; concurrent callers are C++ threads",
+                "onnx file": "shared with onnxruntime: " + ", ".join(f"{k} {v}" for k, v in self._export.items()),
+                "inputs": "Ort::Value over the NumPy buffer (no copy)",
+                "outputs": "ORT-allocated; returned as views (no copy), read in place by the C++ loop",
+                "library": f"libonnxruntime {self._ext.runtime_version()}, headers API {self._ext.api_version()}",
+                "intra-op threads": self._threads}
+
+
+@register
+class CppOnnxRuntime(Strategy):
+    name = "cpp-onnxruntime"
+    summary = "the onnxruntime strategy's ONNX file run from C++ (ORT C++ API), timing loop and callers in C++"
+    needs_artifacts = True
+    concurrent_calls = True
+    prepare_hint = "the first one fetches ONNX Runtime's headers (npm) and compiles the C++ caller, about 20 s"
+
+    def available(self) -> Availability:
+        import shutil
+
+        for module in ("onnxruntime", "onnx", "onnxscript", "pybind11"):
+            a = Availability.missing_module(module, f"pip install {module}")
+            if not a.ok:
+                return a
+        if shutil.which("g++") is None and shutil.which("c++") is None:
+            return Availability(False, "no C++ compiler on PATH (apt-get install -y g++)")
+        from strategies.cpp_onnxruntime import build
+
+        if build.built_library() is None and shutil.which("npm") is None:
+            return Availability(False, "npm is not on PATH; it fetches ONNX Runtime's headers (apt-get install -y npm)")
+        try:
+            build.ort_library()
+        except build.BuildError as e:
+            return Availability(False, str(e))
+        return Availability(True)
+
+    def runtime_versions(self) -> dict[str, str]:
+        from strategies.cpp_onnxruntime import build
+
+        return {"onnxruntime (C library)": package_version("onnxruntime"), "ort headers": build.HEADERS_PACKAGE,
+                "pybind11": package_version("pybind11"), "onnx export": exporter_id()}
+
+    def prepare(self, model: ModelHandle, out_dir: Path) -> None:
+        from bench.cache import default_cache_dir
+        from strategies.cpp_onnxruntime import build
+
+        t0 = time.perf_counter()
+        build.build(verbose=True)
+        t1 = time.perf_counter()
+        export_into(model, out_dir, default_cache_dir())
+        (out_dir / "build.json").write_text(json.dumps({"extension_s": t1 - t0, "export_s": time.perf_counter() - t1}))
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        assert artifacts is not None
+        return CppOrtSession(artifacts, model, options)
