@@ -24,16 +24,21 @@ def median_call_s(fn: Callable[[], object], seconds: float) -> float:
 
 def interleaved(calls: dict[str, Callable[[], object]], rounds: int, seconds: float) -> dict[str, list[float]]:
     """Each call's median time per round, all calls measured in every round so drift on a shared
-    machine affects them alike; compare them by per-round ratios and summarise with the median.
+    machine affects them alike; compare them by per-round ratios and summarise with the median."""
+    return rotating({n: (lambda fn=fn: median_call_s(fn, seconds)) for n, fn in calls.items()}, rounds)
+
+
+def rotating(measures: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run every measurement once per round and keep what each returns (a median time, say).
 
     The order rotates from round to round (a b c, b c a, c a b, ...): whichever runs right after a
     switch between two servers or code paths can be systematically slower or faster, and a fixed
-    order would put that bias into every ratio. A multiple of len(calls) rounds balances it exactly."""
-    names = list(calls)
+    order would put that bias into every ratio. A multiple of len(measures) rounds balances it exactly."""
+    names = list(measures)
     out: dict[str, list[float]] = {n: [] for n in names}
     for i in range(rounds):
         for n in names[i % len(names):] + names[:i % len(names)]:
-            out[n].append(median_call_s(calls[n], seconds))
+            out[n].append(measures[n]())
     return out
 
 
