@@ -71,7 +71,7 @@ struct Input {
 
 class Runner {
  public:
-  Runner(const std::string& path, int intra_threads, bool spinning, std::vector<std::string> inputs,
+  Runner(const std::string& path, int intra_threads, bool spinning, int level, std::vector<std::string> inputs,
          std::vector<std::string> outputs)
       : env_(ORT_LOGGING_LEVEL_WARNING, "cpp-onnxruntime"),
         mem_(Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault)),
@@ -81,7 +81,7 @@ class Runner {
     so.SetIntraOpNumThreads(intra_threads);
     so.SetInterOpNumThreads(1);
     so.SetExecutionMode(ORT_SEQUENTIAL);
-    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    so.SetGraphOptimizationLevel(static_cast<GraphOptimizationLevel>(level));  // the level chosen at prepare time
     if (!spinning) so.AddConfigEntry("session.intra_op.allow_spinning", "0");
     session_ = std::make_unique<Ort::Session>(env_, path.c_str(), so);
     if (session_->GetInputCount() != input_names_.size())
@@ -280,8 +280,8 @@ PYBIND11_MODULE(ORT_RUNNER_MODULE, m) {
   m.def("api_version", [] { return ORT_API_VERSION; }, "ORT_API_VERSION of the headers this was built against");
   m.def("runtime_version", [] { return std::string(Ort::GetVersionString()); }, "version of the loaded libonnxruntime");
   py::class_<Runner>(m, "Runner")
-      .def(py::init<const std::string&, int, bool, std::vector<std::string>, std::vector<std::string>>(), py::arg("path"),
-           py::arg("intra_threads"), py::arg("spinning"), py::arg("inputs"), py::arg("outputs"))
+      .def(py::init<const std::string&, int, bool, int, std::vector<std::string>, std::vector<std::string>>(), py::arg("path"),
+           py::arg("intra_threads"), py::arg("spinning"), py::arg("level"), py::arg("inputs"), py::arg("outputs"))
       .def("run", &Runner::run)
       .def("time_calls", &Runner::time_calls)
       .def("closed_loop", &Runner::closed_loop)

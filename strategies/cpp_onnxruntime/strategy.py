@@ -19,7 +19,14 @@ from strategies.base import (
     Strategy,
     package_version,
 )
-from strategies.onnxruntime.export import INFO_FILE, MODEL_FILE, export_into, exporter_id
+from strategies.onnxruntime.export import (
+    LEVELS,
+    VARIANT_FLAG,
+    describe_export,
+    export_into,
+    exporter_id,
+    variant_for,
+)
 
 PHASES = ("wrap", "run", "unwrap")
 
@@ -37,10 +44,10 @@ class CppOrtSession(Session):
         self.order = [t.name for t in model.spec.inputs]
         self.outputs = list(model.spec.outputs)
         spinning = bool(options.settings.get("spinning", True))
-        self.runner = self._ext.Runner(str(artifacts / MODEL_FILE), options.threads, spinning, self.order, self.outputs)
+        path, level, self._export = variant_for(artifacts, options.settings.get("variant"))
+        self._variant = options.settings.get("variant") or self._export.get("chosen", "")
+        self.runner = self._ext.Runner(str(path), options.threads, spinning, LEVELS[level], self.order, self.outputs)
         self._phases: dict[str, int] = {}
-        info = artifacts / INFO_FILE
-        self._export = json.loads(info.read_text()) if info.exists() else {}
         self._threads = options.threads
 
     def _args(self, inputs: Arrays) -> list[np.ndarray]:
@@ -64,7 +71,7 @@ class CppOrtSession(Session):
 
     def describe(self) -> dict[str, Any]:
         return {"caller": "C++ (Ort::Session::Run), timed in C++; concurrent callers are C++ threads",
-                "onnx file": "shared with onnxruntime: " + ", ".join(f"{k} {v}" for k, v in self._export.items()),
+                **describe_export(self._export, self._variant),
                 "inputs": "Ort::Value over the NumPy buffer (no copy)",
                 "outputs": "ORT-allocated; returned as views (no copy), read in place by the C++ loop",
                 "library": f"libonnxruntime {self._ext.runtime_version()}, headers API {self._ext.api_version()}",
@@ -78,6 +85,7 @@ class CppOnnxRuntime(Strategy):
     needs_artifacts = True
     concurrent_calls = True
     prepare_hint = "the first one fetches ONNX Runtime's headers (npm) and compiles the C++ caller, about 20 s"
+    cli_flags = (VARIANT_FLAG,)
 
     def available(self) -> Availability:
         import shutil

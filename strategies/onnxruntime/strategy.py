@@ -14,24 +14,27 @@ from strategies.base import (
     Strategy,
     package_version,
 )
-from strategies.onnxruntime.export import MODEL_FILE, export_into, export_onnx, exporter_id
+from strategies.onnxruntime.export import (
+    MODEL_FILE,
+    VARIANT_FLAG,
+    describe_export,
+    export_into,
+    export_onnx,
+    exporter_id,
+    ort_session,
+    variant_for,
+)
 
 __all__ = ["MODEL_FILE", "OnnxRuntime", "OrtSession", "export_onnx"]
 
 
 class OrtSession(Session):
-    def __init__(self, path: Path, threads: int, settings: dict) -> None:
+    def __init__(self, artifacts: Path, threads: int, settings: dict) -> None:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not settings.get("spinning", True):
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._ort = ort
-        self._sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        path, level, self._export = variant_for(artifacts, settings.get("variant"))
+        self._variant = settings.get("variant") or self._export.get("chosen", "")
+        self._sess = ort_session(path, level, threads, bool(settings.get("spinning", True)))
         self._outputs = [o.name for o in self._sess.get_outputs()]
         self._from_numpy = ort.OrtValue.ortvalue_from_numpy
         self._run_opts = ort.RunOptions()
@@ -42,13 +45,18 @@ class OrtSession(Session):
         outs = self._sess.run_with_ort_values(self._outputs, feed, self._run_opts)
         return {name: o.numpy() for name, o in zip(self._outputs, outs)}
 
+    def describe(self) -> dict:
+        return describe_export(self._export, self._variant)
+
+
 
 @register
 class OnnxRuntime(Strategy):
     name = "onnxruntime"
-    summary = "ONNX export (dynamo, dynamic batch) on ONNX Runtime CPU, OrtValues without copies"
+    summary = "the fastest correct ONNX export and ORT optimization level, on ONNX Runtime CPU, OrtValues without copies"
     needs_artifacts = True
-    prepare_hint = "torch.onnx.export, a few seconds"
+    prepare_hint = "exports with each exporter and times each variant, 10-30 s"
+    cli_flags = (VARIANT_FLAG,)
 
     def available(self) -> Availability:
         for module in ("onnxruntime", "onnx", "onnxscript"):
@@ -68,4 +76,4 @@ class OnnxRuntime(Strategy):
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         assert artifacts is not None
-        return OrtSession(artifacts / MODEL_FILE, options.threads, dict(options.settings))
+        return OrtSession(artifacts, options.threads, dict(options.settings))
