@@ -88,9 +88,14 @@ def build(run: RunDir) -> Report:
         warnings.append(f"{len(noisy)} cell(s) have an IQR above 10% of the median: compare their percentiles, "
                         f"not only medians ({', '.join(noisy.cell_id[:5])}{' ...' if len(noisy) > 5 else ''}).")
     sessions: dict[str, dict[str, Any]] = {}
+    per_model: dict[tuple[str, str], dict[str, str]] = {}  # (model, strategy) -> facts that depend on the model
     for r in results:
         if r.get("session"):
-            sessions.setdefault(r["cell"]["strategy"], r["session"])
+            facts = dict(r["session"])
+            model_facts = facts.pop("per model", None)
+            sessions.setdefault(r["cell"]["strategy"], facts)
+            if isinstance(model_facts, dict):
+                per_model.setdefault((r["cell"]["model"], r["cell"]["strategy"]), model_facts)
     remote = {s: d for s, d in sessions.items() if d.get("remote")}
     if remote:
         warnings.append("Measured against a server started elsewhere: " + "; ".join(
@@ -268,6 +273,18 @@ def build(run: RunDir) -> Report:
         sec.tables.append(Table(["cell", "call p50"] + names, [
             [cid, fmt_ms(total * 1e3)] + [fmt_ms(ph[p] * 1e3) if p in ph else "-" for p in names]
             for cid, ph, total in phase_rows]))
+        sections.append(sec)
+
+    # -- how each route ran each model ---------------------------------------------------------------
+    if per_model:
+        sec = Section("artifacts", "How each route ran each model")
+        sec.text.append("What a strategy chose or found for each model: the ONNX file and optimization level every "
+                        "ONNX Runtime route runs (the fastest correct of every exporter and level, timed side by "
+                        "side when the artifact was built, with what the others cost), and what other runtimes "
+                        "did with the model.")
+        sec.tables.append(Table(["model", "strategy", "fact", "value"], [
+            [m, st, k, str(v)] for (m, st), facts in sorted(per_model.items()) for k, v in facts.items()],
+            align_numbers=False))
         sections.append(sec)
 
     # -- correctness ---------------------------------------------------------------------------------

@@ -322,13 +322,21 @@ def export_into(model: ModelHandle, out_dir: Path, cache_root: Path) -> dict:
 
 
 def describe_export(info: dict, variant: str) -> dict:
-    """What the report says of the ONNX file a session runs and of the variants it beat."""
-    others = [f"{v['variant']} {v['b1_s'] * 1e6:.0f}/{v['b8_s'] * 1e6:.0f} µs" if "b1_s" in v else
-              f"{v['variant']}: {v.get('lost', '')}" for v in info.get("variants", []) if v.get("variant") != variant]
-    return {"onnx variant": f"{variant} ({'forced by setting' if variant != info.get('chosen') else 'fastest correct'})",
-            "onnx file": f"{info.get('exporter', '?')}, opset {info.get('opset', '?')}, {info.get('nodes', '?')} nodes",
-            "main ops": ", ".join(f"{k} {n}" for k, n in info.get("main_ops", {}).items()),
-            "other variants (b1/b8)": "; ".join(others)}
+    """What the report says of the ONNX file a session runs and of the variants it beat (per model)."""
+    def timing(v: dict) -> str:
+        if "b1_s" not in v:
+            return f"{v['variant']}: {v.get('lost', '')}"
+        return f"{v['variant']} {v['b1_s'] * 1e6:.1f}/{v['b8_s'] * 1e6:.1f} µs"
+
+    chosen = next((v for v in info.get("variants", []) if v.get("variant") == variant), {})
+    return {"per model": {
+        "onnx variant": f"{variant} ({'forced by setting' if variant != info.get('chosen') else 'fastest correct'})"
+                        + (f", {chosen['b1_s'] * 1e6:.1f}/{chosen['b8_s'] * 1e6:.1f} µs at batch 1/8" if "b1_s" in chosen else ""),
+        "onnx file": f"{chosen.get('exporter', info.get('exporter', '?'))}, opset {chosen.get('opset', info.get('opset', '?'))}, "
+                     f"{chosen.get('nodes', info.get('nodes', '?'))} nodes" + ("" if variant != info.get("chosen") else
+                     "; main ops " + ", ".join(f"{k} {n}" for k, n in info.get("main_ops", {}).items())),
+        "other variants (batch 1/8, 1 thread)": "; ".join(
+            timing(v) for v in info.get("variants", []) if v.get("variant") != variant)}}
 
 
 VARIANT_FLAG = CliFlag("--onnx-variant", "variant", "run this ONNX variant instead of the fastest correct one "
