@@ -212,6 +212,23 @@ class Strategy(ABC):
         return h.hexdigest()
 
 
+def exporter_cause(e: BaseException) -> str:
+    """One line from an exporter's exception: torch.export's and torch.onnx's messages run to pages
+    with ANSI colours, so keep the exception summary and the model line that raised it, as
+    "Cause: detail at file.py:41 `if x.sum() > 0:`". The full text stays in the traceback."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = lines[0] if lines else type(e).__name__
+    m = re.search(r"## Exception summary\s*\n\s*(.+)", text)
+    if m:
+        cause = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", m.group(1).strip())
+    where = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+).*\n\s*(.+)', text)
+    loc = f" at {Path(where.group(1)).name}:{where.group(2)} `{where.group(3).strip()}`" if where else ""
+    return " ".join(f"{cause[:300]}{loc}".split())
+
+
 def package_version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 

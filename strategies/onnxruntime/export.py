@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from strategies.base import CliFlag, ModelHandle, package_version
+from strategies.base import CliFlag, ModelHandle, exporter_cause, package_version
 
 MODEL_FILE = "model.onnx"
 INFO_FILE = "export.json"
@@ -33,16 +32,7 @@ class ExportError(RuntimeError):
 
 
 def export_failure(e: Exception) -> ExportError:
-    """torch.onnx's messages run to pages with ANSI colours; keep the exception summary and the
-    model line that raised it. The full text stays in the traceback."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    cause = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    m = re.search(r"## Exception summary\s*\n\s*(.+)", text)
-    if m:
-        cause = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", m.group(1).strip())
-    where = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+).*\n\s*(.+)', text)
-    loc = f" at {Path(where.group(1)).name}:{where.group(2)} `{where.group(3).strip()}`" if where else ""
-    return ExportError(f"ONNX export failed ({type(e).__name__}): {cause[:300]}{loc}")
+    return ExportError(f"ONNX export failed ({type(e).__name__}): {exporter_cause(e)}")
 
 
 def exporter_id() -> str:
