@@ -12,7 +12,7 @@ from pathlib import Path
 
 from strategies.base import package_version
 
-PACKAGES = ("torch", "numpy", "onnxruntime", "onnx", "onnxscript", "grpcio", "pythonnet", "pybind11",
+PACKAGES = ("torch", "numpy", "onnxruntime", "onnx", "onnxscript", "openvino", "executorch", "grpcio", "pythonnet", "pybind11",
             "pandas", "matplotlib", "psutil")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 

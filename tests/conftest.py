@@ -17,8 +17,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TAG = "INTEROP_BENCH_TEST_SESSION"  # inherited by every worker and server the tests start
 os.environ[TAG] = str(os.getpid())
 
-QUICK_STRATEGIES = ["torch", "onnxruntime", "grpc", "grpc-naive", "grpc-uds", "libtorch-ts", "libtorch-aoti", "clr-embed",
-                    "clr-naive"]
+QUICK_STRATEGIES = ["torch", "onnxruntime", "cpp-onnxruntime", "openvino", "executorch", "grpc", "grpc-naive", "grpc-uds",
+                    "libtorch-ts", "libtorch-aoti", "clr-embed", "clr-naive"]
 QUICK_MODELS = ["mlp", "cnn", "transformer"]
 QUICK_PAYLOADS = ["1KiB", "64KiB", "1MiB"]
 
