@@ -191,7 +191,8 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         result = {"ok": False, "user_error": str(e)}
     except BaseException as e:  # the job failed; the result says how, the run goes on
-        result = {"ok": False, "status": "error", "error": f"{type(e).__name__}: {e}".strip(),
+        text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())  # one line, whole in the traceback
+        result = {"ok": False, "status": "error", "error": f"{type(e).__name__}: {text[:600]}".strip(),
                   "traceback": traceback.format_exc()}
     atomic_write_json(out, result, indent=None)
     return 0

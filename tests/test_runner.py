@@ -126,6 +126,41 @@ inputs = "x:float32[batch,4]"
     assert "GuardOnDataDependentSymNode" in html
 
 
+def test_custom_operator_fails_each_route_that_cannot_run_it_in_its_own_words(tmp_path: Path):
+    """A model with a team's own operator: eager torch runs it; each route that cannot says why in one
+    line (the ONNX exporter, ExecuTorch's lowering, LibTorch without Python's op registry); the
+    others go on."""
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text("""
+models = ["co"]
+strategies = ["torch", "onnxruntime", "cpp-onnxruntime", "openvino", "executorch", "libtorch-ts"]
+batch_sizes = [2]
+concurrency = [1]
+[payload_sweep]
+sizes = []
+[sampling]
+warmup_s = 0.02
+min_time_s = 0.05
+max_time_s = 0.1
+[[model]]
+name = "co"
+factory = "tests.byom_models:make_custom_op"
+inputs = "x:float32[batch,4]"
+""")
+    p = run_bench("run", "--config", str(cfg), "--out", str(tmp_path), "--run-id", "c", "--no-report", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = {r["cell"]["strategy"]: r for r in RunDir(tmp_path / "c").load_cells()}
+    assert cells["torch"]["status"] == "ok"
+    expected = {"onnxruntime": "ONNX export failed", "cpp-onnxruntime": "ONNX export failed",
+                "openvino": "OpenVINO: ONNX export failed", "executorch": "ExecuTorch",
+                "libtorch-ts": "Unknown builtin op: interop_bench_tests::clipped_square"}
+    for strategy, words in expected.items():
+        r = cells[strategy]
+        assert r["status"] == "error" and words in r["error"], (strategy, r.get("error"))
+        assert "\n" not in r["error"] and "\x1b" not in r["error"], (strategy, r["error"])
+        assert "clipped_square" in r["error"], (strategy, r["error"])  # each names the operator
+
+
 def test_quick_run_results_are_complete(quick_run: Path):
     run = RunDir(quick_run)
     meta = run.meta()
