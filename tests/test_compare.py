@@ -116,7 +116,8 @@ def test_pytest_benchmark_suite_compares_with_its_own_gate(tmp_path: Path):
     """The pytest-benchmark suite saves a run and a second run compares against it with
     --benchmark-compare-fail, the way its users gate merges."""
     suite = Path(__file__).parent / "pytest_benchmarks" / "bench_strategies.py"
-    common = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider", "-k", "torch-mlp or onnxruntime-mlp",
+    ids = [f"{suite}::test_batch1_latency[{s}-mlp]" for s in ("torch", "onnxruntime")]
+    common = [sys.executable, "-m", "pytest", *ids, "-q", "-p", "no:cacheprovider",
               f"--benchmark-storage=file://{tmp_path / 'storage'}"]
     p = subprocess.run([*common, "--benchmark-autosave"], cwd=tmp_path, env=bench_env(), capture_output=True,
                        text=True, timeout=600)
