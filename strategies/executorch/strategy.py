@@ -313,7 +313,8 @@ class ExecuTorchSession(Session):
             "per model": {
                 "xnnpack delegation": info["delegation"]["summary"],
                 "batch bound": str(info["max_batch"]),
-                "planned memory": f"{info['planned_arena_bytes'] / 2**20:.1f} MiB, reserved at load",
+                "planned memory": (f"{info['planned_arena_bytes'] / 2**20:.1f} MiB" if info["planned_arena_bytes"] >= 2**20
+                                   else f"{info['planned_arena_bytes'] / 1024:.1f} KiB") + ", reserved at load",
                 "inputs": "copied into the planned arena (an output is an input)" if info["inputs_planned"]
                 else "zero-copy (torch.from_numpy views, not memory-planned)",
             },
