@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -282,8 +283,11 @@ def build(run: RunDir) -> Report:
                         "ONNX Runtime route runs (the fastest correct of every exporter and level, timed side by "
                         "side when the artifact was built, with what the others cost), and what other runtimes "
                         "did with the model.")
+        shared: dict[tuple[str, str], list[str]] = {}  # routes with the same facts for a model share rows
+        for (m, st), facts in sorted(per_model.items()):
+            shared.setdefault((m, json.dumps(facts, default=str)), []).append(st)
         sec.tables.append(Table(["model", "strategy", "fact", "value"], [
-            [m, st, k, str(v)] for (m, st), facts in sorted(per_model.items()) for k, v in facts.items()],
+            [m, ", ".join(sts), k, str(v)] for (m, facts), sts in shared.items() for k, v in json.loads(facts).items()],
             align_numbers=False))
         sections.append(sec)
 

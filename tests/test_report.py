@@ -34,3 +34,14 @@ def test_decision_table_ranks_both_strategies(quick_run: Path):
     rows = [ln for ln in table.splitlines() if ln.startswith("| mlp") or ln.startswith("| transformer") or ln.startswith("| cnn")]
     assert len(rows) == 6  # 3 models x 2 batch sizes
     assert all(all(s in r for s in QUICK_STRATEGIES) for r in rows)
+
+
+def test_report_says_how_each_route_ran_each_model(quick_run: Path):
+    """The ONNX variant every ORT route ran (one set of rows for the routes that share the file) and
+    what ExecuTorch delegated, per model."""
+    md = (quick_run / "report.md").read_text()
+    table = md.split("## How each route ran each model", 1)[1].split("\n## ", 1)[0]
+    for model in ("mlp", "cnn", "transformer"):
+        assert f"| {model} | cpp-onnxruntime, onnxruntime | onnx variant | " in table, model
+        assert re.search(rf"\| {model} \| executorch \| xnnpack delegation \| (complete|partial)", table), model
+    assert "(fastest correct)" in table and "other variants" in table
