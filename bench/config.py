@@ -310,4 +310,11 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     cfg.strategy_settings = {k: dict(v) for k, v in settings.items()}
     for name, values in (overrides.get("strategy_settings") or {}).items():  # flags over the file
         cfg.strategy_settings.setdefault(name, {}).update(values)
+    import strategies
+
+    for name, values in cfg.strategy_settings.items():
+        try:
+            strategies.get(name).check_settings(values)
+        except ValueError as e:
+            raise UserError(f"[strategy.{name}]: {e}") from e
     return cfg

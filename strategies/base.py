@@ -194,6 +194,9 @@ class Strategy(ABC):
         """Versions of the runtimes this strategy uses; recorded with every result and in cache keys."""
         return {}
 
+    def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Raise ValueError (one line) for a setting this strategy cannot take, before any cell runs."""
+
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:  # noqa: B027 - optional hook
         """Turn the model into this strategy's artifacts inside out_dir. Raise to fail the cells."""
 

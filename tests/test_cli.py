@@ -28,6 +28,8 @@ CASES = {
     "zero threads": (["--threads", "0"], ["threads must be >= 1"]),
     "bad payload": (["--payload-sizes", "100B"], ["multiple of 1024"]),
     "bad flag": (["--frobnicate"], ["unrecognized arguments: --frobnicate"]),
+    "bad onnx variant": (["--strategies", "onnxruntime", "--onnx-variant", "dynamo/FAST"],
+                         ["ONNX variant 'dynamo/FAST'", "BASIC, EXTENDED, ALL"]),
     "factory without inputs": (["--model-factory", "tests.byom_models:make_two_inputs"], ["go together"]),
     "malformed input spec": (["--model-factory", "x:y", "--model-inputs", "x:float32(batch)"], ["malformed"]),
     "factory does not import": (["--model-factory", "no_such_pkg.models:make", "--model-inputs", "x:float32[batch,4]"],

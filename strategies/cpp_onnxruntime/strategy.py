@@ -22,6 +22,7 @@ from strategies.base import (
 from strategies.onnxruntime.export import (
     LEVELS,
     VARIANT_FLAG,
+    check_ort_settings,
     describe_export,
     export_into,
     exporter_id,
@@ -105,6 +106,9 @@ class CppOnnxRuntime(Strategy):
         except build.BuildError as e:
             return Availability(False, str(e))
         return Availability(True)
+
+    def check_settings(self, settings) -> None:
+        check_ort_settings(settings)
 
     def runtime_versions(self) -> dict[str, str]:
         from strategies.cpp_onnxruntime import build

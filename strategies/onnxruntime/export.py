@@ -331,3 +331,16 @@ def describe_export(info: dict, variant: str) -> dict:
 
 VARIANT_FLAG = CliFlag("--onnx-variant", "variant", "run this ONNX variant instead of the fastest correct one "
                        "(EXPORTER/LEVEL, e.g. torchscript/EXTENDED; `bench report` lists them)", "VARIANT")
+
+
+def check_ort_settings(settings) -> None:
+    """The settings every ONNX Runtime route takes: `variant` (EXPORTER/LEVEL) and `spinning`."""
+    variant = settings.get("variant")
+    if variant is not None:
+        exporters = [*EXPORTERS, *(f"{e}+ortopt" for e in EXPORTERS)]
+        exporter, _, level = str(variant).partition("/")
+        if exporter not in exporters or level not in LEVELS:
+            raise ValueError(f"ONNX variant {variant!r} is not EXPORTER/LEVEL with EXPORTER one of "
+                             f"{', '.join(exporters)} and LEVEL one of {', '.join(LEVELS)}")
+    if "spinning" in settings and not isinstance(settings["spinning"], bool):
+        raise ValueError(f"spinning must be true or false, got {settings['spinning']!r}")

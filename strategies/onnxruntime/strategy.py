@@ -17,6 +17,7 @@ from strategies.base import (
 from strategies.onnxruntime.export import (
     MODEL_FILE,
     VARIANT_FLAG,
+    check_ort_settings,
     describe_export,
     export_into,
     export_onnx,
@@ -62,6 +63,9 @@ class OnnxRuntime(Strategy):
             if not a.ok:
                 return a
         return Availability(True)
+
+    def check_settings(self, settings) -> None:
+        check_ort_settings(settings)
 
     def runtime_versions(self) -> dict[str, str]:
         return {**{d: package_version(d) for d in ("onnxruntime", "onnx", "onnxscript", "torch")},
