@@ -58,6 +58,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "payload_sizes": ["1KiB", "16KiB", "256KiB", "1MiB", "16MiB", "64MiB"],
         "sampling": SamplingConfig(),
     },
+    "tails": {  # the default matrix, sampled until each cell's p99 is bounded within 5% (or 15 s)
+        "models": ["mlp", "cnn", "transformer"],
+        "batch_sizes": [1, 8, 64],
+        "threads": [1],
+        "concurrency": [1, 4],
+        "payload_sizes": ["1KiB", "1MiB", "16MiB"],
+        "sampling": SamplingConfig(max_time_s=15.0, tail_quantile=0.99, tail_target_rel_ci=0.05),
+    },
     "quick": {  # smoke runs and CI: every built-in model and strategy, short budgets
         "models": ["mlp", "cnn", "transformer"],
         "batch_sizes": [1, 8],
@@ -299,6 +307,8 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
             raise UserError(f"sampling.{k} must be a non-negative number, got {v!r}")
     if values["max_time_s"] < values["min_time_s"]:
         raise UserError("sampling.max_time_s must be >= sampling.min_time_s")
+    if not values["tail_quantile"] < 1:
+        raise UserError(f"sampling.tail_quantile must be 0 (off) or a fraction below 1 such as 0.99, got {values['tail_quantile']!r}")
     cfg.sampling = SamplingConfig.from_json({k: type(getattr(SamplingConfig(), k))(v) for k, v in values.items()})
 
     settings = file_data.get("strategy", {})

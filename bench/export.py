@@ -81,6 +81,7 @@ def to_github_action(run: RunDir) -> list[dict[str, Any]]:
         entry = {"name": f"{r['cell']['id']} p50", "unit": "us", "value": round(lat["p50"] * 1e6, 3)}
         if lat.get("ci_low") is not None and lat.get("ci_high") is not None:
             entry["range"] = f"± {(lat['ci_high'] - lat['ci_low']) * 1e6 / 2:.3f}"
-        entry["extra"] = f"p99 {lat['p99'] * 1e6:.1f} us; {lat['n']} samples"
+        p99 = f"p99 {lat['p99'] * 1e6:.1f} us" if lat.get("p99") is not None else "p99 not estimable"
+        entry["extra"] = f"{p99}; {lat['n']} samples"
         out.append(entry)
     return out

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from bench.stats import summarize
+from bench.stats import quantile_ci, summarize
 from strategies.base import Arrays, LoadTimings, Session
 
 
@@ -24,6 +24,8 @@ class SamplingConfig:
     target_rel_ci: float = 0.01  # stop once the median's 95% CI half-width is within 1% of it
     round_s: float = 0.05  # each round of timed calls lasts about this long
     concurrency_s: float = 2.0  # measuring time for N concurrent callers
+    tail_quantile: float = 0.0  # e.g. 0.99: also sample until that percentile is bounded and tight (0: off)
+    tail_target_rel_ci: float = 0.05  # ... its 95% interval's half-width within this fraction of it
 
     @classmethod
     def from_json(cls, d: dict) -> SamplingConfig:
@@ -43,6 +45,17 @@ class Sampled:
     wall_s: float
     warmup_calls: int
     stop_reason: str
+
+
+def tail_rel_ci(latency: np.ndarray, q: float) -> float:
+    """Half-width of the q-quantile's 95% interval relative to it; infinite while the samples
+    cannot bound it (MLPerf LoadGen likewise runs until its tail percentile is supported)."""
+    x = np.sort(latency)
+    ci = quantile_ci(x, q)
+    if ci is None:
+        return float("inf")
+    value = float(np.percentile(x, q * 100))
+    return (ci[1] - ci[0]) / 2 / value if value > 0 else float("inf")
 
 
 def warm_up(session: Session, inputs: Arrays, cfg: SamplingConfig) -> tuple[int, float]:
@@ -85,9 +98,12 @@ def sample(
         between_rounds()
         elapsed = time.perf_counter() - start
         if n >= cfg.min_samples and elapsed >= cfg.min_time_s:
-            rel = summarize(np.concatenate(lats)).rel_ci
-            if rel <= cfg.target_rel_ci:
-                converged, reason = True, f"median CI within {cfg.target_rel_ci:.1%}"
+            all_lat = np.concatenate(lats)
+            rel = summarize(all_lat).rel_ci
+            tail_rel = tail_rel_ci(all_lat, cfg.tail_quantile) if cfg.tail_quantile else 0.0
+            if rel <= cfg.target_rel_ci and tail_rel <= cfg.tail_target_rel_ci:
+                converged, reason = True, f"median CI within {cfg.target_rel_ci:.1%}" + (
+                    f", p{cfg.tail_quantile * 100:g} CI within {cfg.tail_target_rel_ci:.1%}" if cfg.tail_quantile else "")
                 break
         if elapsed >= cfg.max_time_s:
             break

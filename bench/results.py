@@ -171,6 +171,7 @@ def _get(d: dict | None, *keys: str, default: Any = None) -> Any:
 SUMMARY_COLUMNS = [
     "run_id", "cell_id", "model", "strategy", "batch", "threads", "concurrency", "status", "valid",
     "error", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "iqr_ms", "ci_low_ms", "ci_high_ms",
+    "max_ms", "p99_ci_low_ms", "p99_ci_high_ms",
     "rel_ci", "noisy", "converged", "samples", "throughput_sps", "calls_per_s", "cold_start_ms",
     "first_call_ms", "open_ms", "prepare_s", "cache_hit", "payload_bytes", "mem_baseline_mb",
     "mem_steady_mb", "mem_peak_mb", "mem_added_mb", "processes", "max_abs_err", "max_rel_err",
@@ -194,7 +195,9 @@ def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
             "batch": c["batch"], "threads": c["threads"], "concurrency": c["concurrency"],
             "status": r["status"], "valid": r["status"] == "ok", "error": r.get("error") or "",
             **{f"{k}_ms": (lat[k] * 1e3 if lat.get(k) is not None else None)
-               for k in ("p50", "p90", "p99", "mean", "stdev", "iqr", "ci_low", "ci_high")},
+               for k in ("p50", "p90", "p99", "mean", "stdev", "iqr", "ci_low", "ci_high", "max")},
+            "p99_ci_low_ms": lat["p99_ci"][0] * 1e3 if lat.get("p99_ci") else None,
+            "p99_ci_high_ms": lat["p99_ci"][1] * 1e3 if lat.get("p99_ci") else None,
             "rel_ci": lat.get("rel_ci"), "noisy": lat.get("noisy"),
             "converged": _get(r, "sampling", "converged"), "samples": lat.get("n"),
             "throughput_sps": _get(r, "throughput", "samples_per_s"),
@@ -211,6 +214,9 @@ def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
             "max_rel_err": max((o.get("max_rel") or 0.0 for o in outs), default=None),
         })
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:-1])
+    for col in df.columns:  # a column that is None in every row (a p99 nowhere estimable) is still numeric
+        if col.endswith(("_ms", "_mb", "_s")):
+            df[col] = pd.to_numeric(df[col], errors="coerce")
     if df.empty:
         df["vs_torch_p50"] = []
         return df

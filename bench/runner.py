@@ -280,7 +280,8 @@ class Runner:
 def describe_outcome(r: dict[str, Any]) -> str:
     if r["status"] in ("ok", "invalid") and r.get("latency"):
         lat = r["latency"]
-        text = f"p50 {fmt_time(lat['p50'])}  p99 {fmt_time(lat['p99'])}"
+        p99 = fmt_time(lat["p99"]) if lat.get("p99") is not None else f"n/e (n={lat.get('n')})"
+        text = f"p50 {fmt_time(lat['p50'])}  p99 {p99}"
         if lat.get("noisy"):
             text += "  (noisy)"
         if r["status"] == "invalid":

@@ -13,6 +13,7 @@ import pandas as pd
 
 from bench import allocator
 from bench.results import RunDir
+from bench.stats import min_samples_for
 from reports import plots
 from reports.tables import BASELINE, decisions, fmt_ms, fmt_num, fmt_ratio, main_cells, payload_fits
 
@@ -53,6 +54,16 @@ class Report:
 
 def _mb(v: float | None) -> str:
     return fmt_num(v, 1)
+
+
+def _tail(v: float | None) -> str:
+    return "n/e" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt_ms(v)
+
+
+def _tail_ci(lo: float | None, hi: float | None, value: float | None) -> str:
+    if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+        return "-" if _tail(value) == "n/e" else "not recorded"  # results from before intervals were kept
+    return f"{fmt_ms(lo)}-{fmt_ms(hi)}"
 
 
 def _first_line(s: Any, n: int = 140) -> str:
@@ -157,14 +168,18 @@ def build(run: RunDir) -> Report:
         if r.status == "invalid":
             bad.add(len(rows))
         rows.append([r.model, r.strategy, str(r.batch), str(r.threads), str(r.concurrency), fmt_ms(r.p50_ms),
-                     fmt_ms(r.p90_ms), fmt_ms(r.p99_ms), fmt_ms(r.mean_ms), fmt_ms(r.stdev_ms), fmt_ms(r.iqr_ms),
-                     f"±{r.rel_ci * 100:.1f}%" if pd.notna(r.rel_ci) else "-", fmt_num(r.samples),
+                     f"±{r.rel_ci * 100:.1f}%" if pd.notna(r.rel_ci) else "-",
+                     _tail(r.p90_ms), _tail(r.p99_ms), _tail_ci(r.p99_ci_low_ms, r.p99_ci_high_ms, r.p99_ms),
+                     fmt_ms(r.max_ms), fmt_ms(r.mean_ms), fmt_ms(r.iqr_ms), fmt_num(r.samples),
                      ("noisy" if r.noisy else "") + ("" if r.converged else " budget"), r.status])
-    sec.tables.append(Table(["model", "strategy", "batch", "thr", "callers", "p50", "p90", "p99", "mean", "stdev",
-                             "IQR", "median CI", "n", "flags", "status"], rows, bad))
-    sec.text.append("median CI: half-width of the 95% confidence interval of the median, relative to it. "
-                    "Flags: *noisy* when IQR > 10% of the median; *budget* when sampling hit its time budget "
-                    "before the median settled.")
+    sec.tables.append(Table(["model", "strategy", "batch", "thr", "callers", "p50", "p50 CI", "p90", "p99",
+                             "p99 95% CI", "max", "mean", "IQR", "n", "flags", "status"], rows, bad))
+    sec.text.append(f"p50 CI: half-width of the median's 95% confidence interval, relative to it. A tail "
+                    f"percentile is shown only when the samples bound it: its 95% interval from order statistics "
+                    f"must lie inside the sample, which takes {min_samples_for(0.9)} samples for p90 and "
+                    f"{min_samples_for(0.99)} for p99. Below that it reads *n/e* (not estimable) and the slowest "
+                    "sample is shown as what it is, the max. Flags: *noisy* when IQR > 10% of the median; "
+                    "*budget* when sampling hit its time budget before the median settled.")
     sections.append(sec)
 
     # -- throughput ------------------------------------------------------------------------------
@@ -185,7 +200,7 @@ def build(run: RunDir) -> Report:
             yfmt=plots._fmt_s), f"Tail latency under concurrent callers (batch {b0})."))
     sec.tables.append(Table(["model", "strategy", "batch", "callers", "samples/s", "calls/s", "p50", "p99"], [
         [r.model, r.strategy, str(r.batch), str(r.concurrency), fmt_num(r.throughput_sps), fmt_num(r.calls_per_s),
-         fmt_ms(r.p50_ms), fmt_ms(r.p99_ms)] for r in main_valid.itertuples()]))
+         fmt_ms(r.p50_ms), _tail(r.p99_ms)] for r in main_valid.itertuples()]))
     sections.append(sec)
 
     # -- overhead vs torch -------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def p50_p99(df: pd.DataFrame, cmap: dict[str, str]) -> bytes:
             ax.errorbar(x, p50, yerr=[np.zeros(len(p50)), np.subtract(p99, p50)], fmt="none", ecolor="#333",
                         capsize=2, lw=0.8)
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        _time_axis(ax, "p50 (bar) to p99 (whisker)")
+        _time_axis(ax, "p50 (bar) to p99 (whisker, where estimable)")
         ax.set_title(model)
     axes[0].legend(fontsize=8)
     return _png(fig)

@@ -117,7 +117,7 @@ def terminal_table(df: pd.DataFrame) -> str:
             status += ": " + str(r.error).splitlines()[0][:60]
         lines.append(
             f"{r.model:<12} {r.strategy:<14} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "
-            f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms):>10} {fmt_num(r.throughput_sps):>11} "
+            f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms) if pd.notna(r.p99_ms) else 'n/e':>10} {fmt_num(r.throughput_sps):>11} "
             f"{fmt_ratio(r.vs_torch_p50):>8} {fmt_num(r.mem_added_mb, 1):>8}  {status}"
         )
     return "\n".join(lines)

@@ -44,3 +44,19 @@ def test_closed_loop_counts_concurrent_calls():
     # four callers sleeping 10 ms each: about 4x the calls one caller would complete
     assert out.calls >= 60 and not out.errors
     assert 0.009 <= np.median(out.latency_ns) / 1e9 < 0.05
+
+
+def test_tail_sampling_runs_until_the_p99_is_bounded():
+    """Asked for a p99, the sampler does not stop when the median has settled (30 samples would do)
+    but when the samples bound the p99 within the target; without it, it stops far earlier."""
+    from bench.stats import min_samples_for, summarize
+
+    base = dict(min_time_s=0.0, max_time_s=5.0, min_samples=30, target_rel_ci=0.5, round_s=0.01)
+    plain = sample(Sleeper(0.0005), {}, SamplingConfig(**base), per_call_s=0.0005)
+    assert plain.converged and len(plain.latency_ns) < min_samples_for(0.99)
+    assert summarize(plain.latency_ns / 1e9).p99 is None
+    tails = sample(Sleeper(0.0005), {}, SamplingConfig(**base, tail_quantile=0.99, tail_target_rel_ci=0.5),
+                   per_call_s=0.0005)
+    assert tails.converged and "p99 CI within" in tails.stop_reason
+    s = summarize(tails.latency_ns / 1e9)
+    assert len(tails.latency_ns) >= min_samples_for(0.99) and s.p99 is not None and s.p99_ci is not None

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import fit_cost, median_ci, summarize
+from bench.stats import fit_cost, median_ci, min_samples_for, quantile_ci, summarize
 
 
 def test_summary_matches_numpy_on_known_data():
@@ -66,3 +66,35 @@ def test_cost_fit_flat_and_proportional_edges():
     assert prop.fixed_s == pytest.approx(0.0, abs=1e-12) and prop.bandwidth_Bps == pytest.approx(1e9, rel=1e-6)
     with pytest.raises(ValueError):
         fit_cost([1e3], [1e-6])
+
+
+@pytest.mark.parametrize("q,n", [(0.9, 60), (0.9, 400), (0.99, 600), (0.99, 3000)])
+def test_tail_intervals_cover_the_true_quantile(q: float, n: int):
+    """Order-statistic intervals for p90 and p99 contain Exp(1)'s true quantile at least ~95% of the
+    time, from the smallest sample that can bound them up to thousands of samples."""
+    rng = np.random.default_rng(int(q * 1000) + n)
+    true = -math.log(1 - q)
+    trials = 1500
+    hits = 0
+    for _ in range(trials):
+        ci = quantile_ci(np.sort(rng.exponential(size=n)), q)
+        assert ci is not None and ci[0] <= ci[1]
+        hits += ci[0] <= true <= ci[1]
+    assert 0.94 <= hits / trials <= 0.995, hits / trials
+
+
+def test_no_tail_percentile_from_too_few_samples():
+    """30 samples cannot bound a p99 (it would be the maximum): no value, no interval, and the text
+    says so; from the minimum count on, both are there."""
+    rng = np.random.default_rng(5)
+    assert (min_samples_for(0.9), min_samples_for(0.99)) == (53, 563)
+    small = summarize(rng.exponential(size=30))
+    assert small.p99 is None and small.p99_ci is None and small.p90 is None
+    assert small.tail_text("p99") == "not estimable (n=30)"
+    assert small.max == pytest.approx(small.max) and small.p50 is not None
+    for q, name in ((0.9, "p90"), (0.99, "p99")):
+        n = min_samples_for(q)
+        assert getattr(summarize(rng.exponential(size=n - 1)), name) is None
+        s = summarize(rng.exponential(size=n))
+        lo, hi = getattr(s, f"{name}_ci")
+        assert lo <= getattr(s, name) <= hi <= s.max
