@@ -45,6 +45,20 @@ def _ensure_npm(session: nox.Session) -> None:
                  "cpp-onnxruntime will be unavailable")
 
 
+def _ensure_allocators(session: nox.Session) -> None:
+    """`--malloc jemalloc` and `--malloc tcmalloc` preload those allocators from the OS packages
+    (bench/allocator.py names them; it imports nothing of the project, so it loads by path here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_allocator", os.path.join(os.path.dirname(__file__), "bench", "allocator.py"))
+    allocator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(allocator)
+
+    for policy, (_, package) in allocator.PRELOADED.items():
+        _apt_install(session, package, f"--malloc {policy}", not allocator.unavailable(policy),
+                     f"--malloc {policy} will be refused")
+
+
 def _ensure_postgres(session: nox.Session) -> None:
     """The history-store tests start a real PostgreSQL server from the OS packages."""
     present = bool(glob.glob("/usr/lib/postgresql/*/bin/postgres") or shutil.which("postgres"))
@@ -54,6 +68,7 @@ def _ensure_postgres(session: nox.Session) -> None:
 def _install(session: nox.Session) -> None:
     _ensure_mono(session)
     _ensure_npm(session)
+    _ensure_allocators(session)
     session.install("-e", ".[test]")
 
 

@@ -39,9 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int)
     r.add_argument("--cpus", help="pin each cell's worker (and the servers it starts) to these CPUs, e.g. 1 or 2-3; "
                                   "steadier numbers on a busy machine, but a client and its server then share them")
-    r.add_argument("--malloc", choices=("steady", "default"),
-                   help="C allocator policy of every process a cell uses: steady (default) keeps freed memory "
-                        "for reuse, default is glibc as shipped (fresh pages for each large buffer)")
+    r.add_argument("--malloc", metavar="POLICIES",
+                   help="C allocator of every process a cell uses, comma-separated to compare several: default "
+                        "(glibc as shipped, what an application gets), steady (glibc keeping freed memory), "
+                        "jemalloc, tcmalloc (preloaded from the OS packages)")
     r.add_argument("--plugin", action="append", default=None, help="module that registers extra strategies")
     g = r.add_argument_group("bring your own model")
     g.add_argument("--model-factory", help="package.module:callable returning a torch.nn.Module")
@@ -354,9 +355,12 @@ def _publish(run: RunDir, args: argparse.Namespace) -> None:
 
 
 def print_summary(run: RunDir) -> None:
-    from reports.tables import terminal_table
+    from reports.tables import allocator_flips, decisions, terminal_table
 
-    print(terminal_table(run.frame()))
+    df = run.frame()
+    print(terminal_table(df))
+    for flip in allocator_flips(decisions(df)):
+        print("allocator-dependent ranking: " + flip.replace("**", ""))
 
 
 def _history_url(args: argparse.Namespace) -> str:

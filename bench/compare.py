@@ -172,7 +172,7 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
     bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
     if bm != nm:
-        cmp.warnings.append(f"different allocator policy (--malloc): {bm} -> {nm}")
+        cmp.warnings.append(f"different allocator policy (--malloc): {','.join(bm)} -> {','.join(nm)}")
     if not changes:
         cmp.warnings.append("the two runs have no validly measured cell in common")
     return cmp

@@ -12,7 +12,7 @@ Config file (TOML), every key optional::
     seed = 0
     plugins = ["mypkg.my_strategy"]         # modules that register extra strategies
     cpus = "1"                              # pin each cell's processes to these CPUs (steadier numbers)
-    malloc = "steady"                       # or "default": glibc as shipped (see bench.allocator)
+    malloc = ["default"]                    # C allocator(s): default (glibc as shipped), steady, jemalloc, tcmalloc
 
     [payload_sweep]                         # identity model over payload sizes (each direction)
     sizes = ["1KiB", "1MiB", "64MiB"]
@@ -117,7 +117,7 @@ class RunConfig:
     seed: int = 0
     plugins: list[str] = field(default_factory=list)
     cpus: list[int] = field(default_factory=list)  # pin each cell's processes to these CPUs; empty: no pinning
-    malloc: str = "steady"  # C allocator policy of every process a cell uses (bench.allocator)
+    malloc: list[str] = field(default_factory=lambda: [allocator.DEFAULT])  # C allocator policies (bench.allocator); several: a matrix dimension
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
@@ -272,9 +272,15 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     cfg.cpus = parse_cpus(merged["cpus"]) if merged.get("cpus") not in (None, "", []) else []
     if cfg.cpus and max(cfg.threads) > len(cfg.cpus):
         raise UserError(f"threads {max(cfg.threads)} need at least that many CPUs, but cpus lists {len(cfg.cpus)}: {cfg.cpus}")
-    cfg.malloc = merged.get("malloc") or "steady"
-    if cfg.malloc not in allocator.POLICIES:
-        raise UserError(f"malloc must be one of {', '.join(allocator.POLICIES)}, got {cfg.malloc!r}")
+    cfg.malloc = _str_list("malloc", merged.get("malloc") or [allocator.DEFAULT])
+    if not cfg.malloc:
+        raise UserError(f"malloc must name at least one of {', '.join(allocator.POLICIES)}")
+    for policy in cfg.malloc:
+        if policy not in allocator.POLICIES:
+            raise UserError(f"malloc must be one of {', '.join(allocator.POLICIES)}, got {policy!r}")
+        if allocator.unavailable(policy):
+            raise UserError(f"malloc {policy}: {allocator.unavailable(policy)}")
+    cfg.malloc = list(dict.fromkeys(cfg.malloc))
 
     sweep = file_data.get("payload_sweep", {})
     if not isinstance(sweep, dict) or set(sweep) - {"sizes", "strategies"}:

@@ -83,10 +83,12 @@ class Cell:
     batch: int
     threads: int
     concurrency: int
+    malloc: str = ""  # the allocator policy, where a run compares several; "" when the run has one
 
     @property
     def id(self) -> str:
-        return f"{self.model}/{self.strategy}/b{self.batch}/t{self.threads}/c{self.concurrency}"
+        base = f"{self.model}/{self.strategy}/b{self.batch}/t{self.threads}/c{self.concurrency}"
+        return f"{base}/{self.malloc}" if self.malloc else base
 
     @property
     def key(self) -> str:
@@ -97,7 +99,8 @@ class Cell:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Cell:
-        return cls(d["model"], d["strategy"], int(d["batch"]), int(d["threads"]), int(d["concurrency"]))
+        return cls(d["model"], d["strategy"], int(d["batch"]), int(d["threads"]), int(d["concurrency"]),
+                   d.get("malloc", ""))
 
 
 class RunDir:
@@ -169,7 +172,7 @@ def _get(d: dict | None, *keys: str, default: Any = None) -> Any:
 
 
 SUMMARY_COLUMNS = [
-    "run_id", "cell_id", "model", "strategy", "batch", "threads", "concurrency", "status", "valid",
+    "run_id", "cell_id", "model", "strategy", "batch", "threads", "concurrency", "malloc", "status", "valid",
     "error", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "iqr_ms", "ci_low_ms", "ci_high_ms",
     "max_ms", "p99_ci_low_ms", "p99_ci_high_ms",
     "rel_ci", "noisy", "converged", "samples", "throughput_sps", "calls_per_s", "cold_start_ms",
@@ -193,7 +196,7 @@ def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
         rows.append({
             "run_id": run_id, "cell_id": c["id"], "model": c["model"], "strategy": c["strategy"],
             "batch": c["batch"], "threads": c["threads"], "concurrency": c["concurrency"],
-            "status": r["status"], "valid": r["status"] == "ok", "error": r.get("error") or "",
+            "malloc": c.get("malloc", ""), "status": r["status"], "valid": r["status"] == "ok", "error": r.get("error") or "",
             **{f"{k}_ms": (lat[k] * 1e3 if lat.get(k) is not None else None)
                for k in ("p50", "p90", "p99", "mean", "stdev", "iqr", "ci_low", "ci_high", "max")},
             "p99_ci_low_ms": lat["p99_ci"][0] * 1e3 if lat.get("p99_ci") else None,
@@ -220,13 +223,13 @@ def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
     if df.empty:
         df["vs_torch_p50"] = []
         return df
-    base = df[(df.strategy == "torch") & df.valid].set_index(["model", "batch", "threads", "concurrency"])["p50_ms"]
-    keys = list(zip(df.model, df.batch, df.threads, df.concurrency))
+    base = df[(df.strategy == "torch") & df.valid].set_index(["model", "batch", "threads", "concurrency", "malloc"])["p50_ms"]
+    keys = list(zip(df.model, df.batch, df.threads, df.concurrency, df.malloc))
     df["vs_torch_p50"] = [
         (p / base[k]) if (k in base.index and p is not None and v) else None
         for k, p, v in zip(keys, df.p50_ms, df.valid)
     ]
-    return df.sort_values(["model", "batch", "threads", "concurrency", "strategy"]).reset_index(drop=True)
+    return df.sort_values(["model", "batch", "threads", "concurrency", "malloc", "strategy"]).reset_index(drop=True)
 
 
 def _ms(s: float | None) -> float | None:

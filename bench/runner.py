@@ -37,17 +37,20 @@ def build_matrix(cfg: RunConfig) -> list[Cell]:
     """Main matrix plus the identity payload sweep, deduplicated. Strategies are innermost, so the
     strategies compared in one row are measured next to each other in time."""
     cells: dict[str, Cell] = {}
+    policies = cfg.malloc if len(cfg.malloc) > 1 else [""]  # one policy: the run's, not part of the cell
     for model in cfg.models:
         for batch in cfg.batch_sizes:
             for threads in cfg.threads:
                 for conc in cfg.concurrency:
-                    for s in cfg.strategies:
-                        c = Cell(model, s, batch, threads, conc)
-                        cells.setdefault(c.id, c)
+                    for policy in policies:
+                        for s in cfg.strategies:
+                            c = Cell(model, s, batch, threads, conc, policy)
+                            cells.setdefault(c.id, c)
     for size in cfg.payload_sizes:
-        for s in cfg.payload_strategies:
-            c = Cell("identity", s, size // IDENTITY_ROW_BYTES, cfg.threads[0], 1)
-            cells.setdefault(c.id, c)
+        for policy in policies:
+            for s in cfg.payload_strategies:
+                c = Cell("identity", s, size // IDENTITY_ROW_BYTES, cfg.threads[0], 1, policy)
+                cells.setdefault(c.id, c)
     return list(cells.values())
 
 
@@ -68,12 +71,14 @@ def shard_cells(cells: list[Cell], i: int, n: int) -> list[Cell]:
     return cells[i - 1::n]
 
 
-def worker_env(threads: int, malloc: str = "steady") -> dict[str, str]:
+def worker_env(threads: int, malloc: str = allocator.DEFAULT) -> dict[str, str]:
     env = dict(os.environ)
     n = str(threads)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, PYTHONHASHSEED="0")
     for k in allocator.STEADY_ENV:  # the run's policy, not whatever the caller's shell had
         env.pop(k, None)
+    if any(lib in env.get("LD_PRELOAD", "") for lib, _ in allocator.PRELOADED.values()):
+        env.pop("LD_PRELOAD")
     env.update(allocator.env(malloc))
     paths = [str(Path.cwd()), str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
@@ -95,7 +100,7 @@ def _child_setup(cpus: list[int] | None):
 
 
 def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: float, threads: int = 1,
-              cpus: list[int] | None = None, malloc: str = "steady") -> dict[str, Any]:
+              cpus: list[int] | None = None, malloc: str = allocator.DEFAULT) -> dict[str, Any]:
     """Run one job in a fresh interpreter in its own process group. A crash, a signal or a timeout
     becomes an error result naming it, with the tail of the worker's log."""
     global _current
@@ -223,7 +228,7 @@ class Runner:
         }
         t0 = time.perf_counter()
         res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads,
-                        self.cfg.cpus, self.cfg.malloc)
+                        self.cfg.cpus, cell.malloc or self.cfg.malloc[0])
         res.pop("ok", None)
         if res.get("user_error"):
             res = {"status": "error", "error": res.pop("user_error")}

@@ -119,7 +119,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     strategy = strategies.get(c["strategy"])
     inputs = make_inputs(spec, c["batch"], job["seed"])
     result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
-                              "malloc_env": {k: os.environ[k] for k in allocator.STEADY_ENV if k in os.environ}}
+                              "malloc_env": {k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ}}
 
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
     t0 = time.perf_counter()

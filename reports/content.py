@@ -15,7 +15,16 @@ from bench import allocator
 from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import plots
-from reports.tables import BASELINE, decisions, fmt_ms, fmt_num, fmt_ratio, main_cells, payload_fits
+from reports.tables import (
+    BASELINE,
+    allocator_flips,
+    decisions,
+    fmt_ms,
+    fmt_num,
+    fmt_ratio,
+    main_cells,
+    payload_fits,
+)
 
 
 @dataclass
@@ -77,6 +86,13 @@ def build(run: RunDir) -> Report:
     cfg = meta.get("config", {})
     results = run.load_cells(samples=True)
     df = run.frame()
+    # Several allocator policies: the decision and the latency table show every one; the other
+    # sections show the first (the run's primary policy), so each figure compares like with like.
+    policies = [p for p in allocator.of_run(cfg)] if len(allocator.of_run(cfg)) > 1 else []
+    df_all = df
+    if policies:
+        df = df[df.malloc == policies[0]].reset_index(drop=True)
+        results = [r for r in results if r["cell"].get("malloc", "") == policies[0]]
     cmap = plots.colors(sorted(set(df.strategy)) or [BASELINE])
     valid = df[df.valid]
     main = main_cells(df)
@@ -118,7 +134,7 @@ def build(run: RunDir) -> Report:
 
     # -- decision summary -----------------------------------------------------------------------
     sec = Section("decision", "Decision summary")
-    decs = decisions(df)
+    decs = decisions(df_all)
     if decs:
         sec.text.append(
             "Per model and batch size, one caller: strategies ranked by median latency; the ratio is "
@@ -128,12 +144,20 @@ def build(run: RunDir) -> Report:
         for d in decs:
             ranking = "; ".join(f"{s} {fmt_ms(p)}" + (f" ({fmt_ratio(r)})" if r is not None and s != BASELINE else "")
                                 for s, p, r in d.ranking)
-            rows.append([d.model, str(d.batch), str(d.threads), d.winner or "-", fmt_ms(d.winner_p50_ms),
-                         fmt_ratio(d.margin) if d.margin else "-", ranking,
-                         "; ".join(f"{s} ({why})" for s, why in d.excluded) or "-"])
-        sec.tables.append(Table(["model", "batch", "threads", "winner", "winner p50", "lead over 2nd",
-                                 "ranking (p50, vs torch)", "not ranked"], rows))
-        sec.text.extend(f"{d.model}, batch {d.batch}: {d.sentence()}." for d in decs)
+            rows.append([d.model, str(d.batch), str(d.threads)] + ([d.malloc] if policies else [])
+                        + [d.winner or "-", fmt_ms(d.winner_p50_ms), fmt_ratio(d.margin) if d.margin else "-", ranking,
+                           "; ".join(f"{s} ({why})" for s, why in d.excluded) or "-"])
+        sec.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
+                                + ["winner", "winner p50", "lead over 2nd", "ranking (p50, vs torch)", "not ranked"], rows))
+        flips = allocator_flips(decs)
+        if policies:
+            sec.text.append(f"Measured under {len(policies)} allocator policies ({', '.join(policies)}); the "
+                            f"sections after this one show the first, {policies[0]}. "
+                            + ("**Rankings that change with the allocator:** " + " ".join(f"{f}." for f in flips)
+                               if flips else "No winner changes with the allocator."))
+            warnings.extend(f"Allocator-dependent ranking: {f}." for f in flips)
+        sec.text.extend(f"{d.model}, batch {d.batch}" + (f", {d.malloc}" if policies else "") + f": {d.sentence()}."
+                        for d in decs)
     conc = main_valid[main_valid.concurrency > 1]
     if len(conc):
         best = main_valid.loc[main_valid.groupby("model").throughput_sps.idxmax()]
@@ -162,12 +186,12 @@ def build(run: RunDir) -> Report:
         single = main_valid[main_valid.concurrency == c0]
         sec.figures.append(Figure("p50_p99", plots.p50_p99(single, cmap), "Median and tail per batch size."))
     rows, bad = [], set()
-    for r in df.itertuples():
+    for r in df_all.itertuples():
         if r.status not in ("ok", "invalid"):
             continue
         if r.status == "invalid":
             bad.add(len(rows))
-        rows.append([r.model, r.strategy, str(r.batch), str(r.threads), str(r.concurrency), fmt_ms(r.p50_ms),
+        rows.append([r.model, r.strategy + (f" [{r.malloc}]" if r.malloc else ""), str(r.batch), str(r.threads), str(r.concurrency), fmt_ms(r.p50_ms),
                      f"±{r.rel_ci * 100:.1f}%" if pd.notna(r.rel_ci) else "-",
                      _tail(r.p90_ms), _tail(r.p99_ms), _tail_ci(r.p99_ci_low_ms, r.p99_ci_high_ms, r.p99_ms),
                      fmt_ms(r.max_ms), fmt_ms(r.mean_ms), fmt_ms(r.iqr_ms), fmt_num(r.samples),
@@ -353,7 +377,8 @@ def build(run: RunDir) -> Report:
          + (" (dirty)" if git.get("dirty") else "")),
         ("profile", f"{cfg.get('profile')}; sampling: " + ", ".join(f"{k}={v}" for k, v in sampling.items())),
         ("CPU pinning", f"each cell's processes on CPUs {cfg['cpus']}" if cfg.get("cpus") else "none (the OS schedules freely)"),
-        ("allocator", allocator.describe(allocator.of_run(cfg))),
+        ("allocator", "; ".join(allocator.describe(p) for p in allocator.of_run(cfg))
+         + ("; each cell names its policy" if len(allocator.of_run(cfg)) > 1 else "")),
         ("seed", str(cfg.get("seed"))), ("host", env.get("hostname", "?")), ("CI", str(env.get("ci"))),
     ] + [(f"session: {s}", ", ".join(f"{k} {v}" for k, v in d.items())) for s, d in sorted(sessions.items())]
     sec.tables.append(Table(["", ""], [[k, str(v)] for k, v in kv], align_numbers=False))

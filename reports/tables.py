@@ -44,6 +44,7 @@ class Decision:
     model: str
     batch: int
     threads: int
+    malloc: str
     winner: str | None
     winner_p50_ms: float | None
     baseline_p50_ms: float | None
@@ -72,7 +73,7 @@ def decisions(df: pd.DataFrame) -> list[Decision]:
     out = []
     single = main_cells(df)
     single = single[single.concurrency == single.concurrency.min()] if not single.empty else single
-    for (model, batch, threads), g in single.groupby(["model", "batch", "threads"], sort=True):
+    for (model, batch, threads, malloc), g in single.groupby(["model", "batch", "threads", "malloc"], sort=True):
         valid = g[g.valid & g.p50_ms.notna()].sort_values("p50_ms")
         ranking = [(r.strategy, r.p50_ms, r.vs_torch_p50 if pd.notna(r.vs_torch_p50) else None)
                    for r in valid.itertuples()]
@@ -80,13 +81,28 @@ def decisions(df: pd.DataFrame) -> list[Decision]:
                     for r in g[~g.valid].itertuples()]
         base = valid[valid.strategy == BASELINE].p50_ms
         out.append(Decision(
-            model, int(batch), int(threads),
+            model, int(batch), int(threads), str(malloc),
             ranking[0][0] if ranking else None, ranking[0][1] if ranking else None,
             float(base.iloc[0]) if len(base) else None,
             ranking[1][0] if len(ranking) > 1 else None,
             ranking[1][1] / ranking[0][1] if len(ranking) > 1 else None,
             ranking, excluded, list(valid[valid.noisy == True].strategy),  # noqa: E712
         ))
+    return out
+
+
+def allocator_flips(decs: list[Decision]) -> list[str]:
+    """Where a run compared allocator policies: each model and batch size whose winner changes with
+    the policy, as one sentence naming the winner under each."""
+    by_cell: dict[tuple[str, int, int], list[Decision]] = {}
+    for d in decs:
+        if d.malloc and d.winner:
+            by_cell.setdefault((d.model, d.batch, d.threads), []).append(d)
+    out = []
+    for (model, batch, threads), ds in by_cell.items():
+        if len({d.winner for d in ds}) > 1:
+            out.append(f"{model}, batch {batch}, {threads} thread(s): the winner depends on the allocator: "
+                       + "; ".join(f"under {d.malloc} **{d.winner}** ({fmt_ms(d.winner_p50_ms)})" for d in ds))
     return out
 
 
@@ -103,8 +119,9 @@ def payload_fits(df: pd.DataFrame) -> dict[str, CostFit]:
 def terminal_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no cells)"
-    header = f"{'model':<12} {'strategy':<14} {'batch':>6} {'thr':>3} {'conc':>4} {'p50':>10} {'p99':>10} " \
-             f"{'samples/s':>11} {'vs torch':>8} {'mem +MB':>8}  status"
+    policies = (df.malloc != "").any() if "malloc" in df else False
+    header = f"{'model':<12} {'strategy':<14} {'batch':>6} {'thr':>3} {'conc':>4} " + (f"{'malloc':<9}" if policies else "") \
+        + f"{'p50':>10} {'p99':>10} {'samples/s':>11} {'vs torch':>8} {'mem +MB':>8}  status"
     lines = [header, "-" * len(header)]
     prev = None
     for r in df.itertuples():
@@ -117,7 +134,7 @@ def terminal_table(df: pd.DataFrame) -> str:
             status += ": " + str(r.error).splitlines()[0][:60]
         lines.append(
             f"{r.model:<12} {r.strategy:<14} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "
-            f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms) if pd.notna(r.p99_ms) else 'n/e':>10} {fmt_num(r.throughput_sps):>11} "
+            + (f"{r.malloc:<9}" if policies else "") + f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms) if pd.notna(r.p99_ms) else 'n/e':>10} {fmt_num(r.throughput_sps):>11} "
             f"{fmt_ratio(r.vs_torch_p50):>8} {fmt_num(r.mem_added_mb, 1):>8}  {status}"
         )
     return "\n".join(lines)

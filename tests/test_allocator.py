@@ -11,6 +11,7 @@ import pytest
 
 from bench import allocator
 from bench.runner import worker_env
+from tests.conftest import IN_CI
 
 # Two 16 MiB buffers at a time, freed together: under glibc as shipped the freed top of the heap
 # passes the trim threshold and is returned to the OS, so the next pair faults every page in again.
@@ -51,3 +52,22 @@ def test_the_run_policy_wins_over_the_callers_shell(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert not set(allocator.STEADY_ENV) & set(worker_env(1, "default"))
     assert {k: worker_env(1, "steady")[k] for k in allocator.STEADY_ENV} == allocator.STEADY_ENV
+
+
+@pytest.mark.parametrize("policy", ["jemalloc", "tcmalloc"])
+def test_preloaded_allocators_are_the_ones_a_worker_runs(policy: str, monkeypatch: pytest.MonkeyPatch):
+    """jemalloc and tcmalloc come from the OS packages the README's commands install; a worker's
+    process (and what it starts) maps that library, and no other policy leaks in from the shell."""
+    if allocator.unavailable(policy):
+        if IN_CI:
+            pytest.fail(f"{policy} must be installed in CI: {allocator.unavailable(policy)}")
+        pytest.skip(allocator.unavailable(policy))
+    lib = allocator.library(policy)
+    code = "print(open('/proc/self/maps').read())"
+    maps = subprocess.run([sys.executable, "-c", code], env=worker_env(1, policy), capture_output=True, text=True,
+                          timeout=60).stdout
+    assert lib in maps
+    monkeypatch.setenv("LD_PRELOAD", lib)  # a shell that preloads it must not turn "default" into it
+    maps = subprocess.run([sys.executable, "-c", code], env=worker_env(1, "default"), capture_output=True, text=True,
+                          timeout=60).stdout
+    assert lib not in maps

@@ -45,7 +45,7 @@ CASES = {
     "unknown cpu": (["--cpus", "4096"], ["cpus [4096] are not available"]),
     "malformed cpus": (["--cpus", "3-1"], ["not a CPU number or range"]),
     "fewer cpus than threads": (["--cpus", "0", "--threads", "2"], ["threads 2 need at least that many CPUs"]),
-    "unknown allocator policy": (["--malloc", "jemalloc"], ["invalid choice: 'jemalloc'", "steady"]),
+    "unknown allocator policy": (["--malloc", "default,mimalloc"], ["malloc must be one of", "jemalloc", "'mimalloc'"]),
 }
 
 
@@ -65,7 +65,7 @@ def test_bad_run_input_exits_2_with_one_line(case: str, tmp_path: Path):
     ("[[model]]\nname = 'm'\nfactory = 'tests.byom_models:make_two_inputs'", "missing 'inputs'"),
     ("batch_sizes = 'many'", "batch_sizes"),
     ("[strategy.nope]\nx = 1", "[strategy.nope]: unknown strategy"),
-    ("malloc = 'jemalloc'", "malloc must be one of steady, default"),
+    ("malloc = 'hoard'", "malloc must be one of default, steady, jemalloc, tcmalloc"),
 ])
 def test_malformed_config_exits_2(tmp_path: Path, content: str, fragment: str):
     cfg = tmp_path / "bench.toml"

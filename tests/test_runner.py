@@ -178,7 +178,7 @@ def test_quick_run_results_are_complete(quick_run: Path):
         assert r["memory"]["steady_rss"] > 0 and r["memory"]["peak_rss"] >= r["memory"]["baseline_rss"]
         assert r["cold_start_s"] >= r["first_call_s"] > 0
         assert r["throughput"]["samples_per_s"] > 0
-        assert r["malloc_env"] == allocator.STEADY_ENV  # the default policy reached every worker
+        assert r["malloc_env"] == {}  # the default policy, glibc as shipped, reached every worker
     df = run.frame()
     assert set(df.columns) >= {"p50_ms", "p99_ms", "iqr_ms", "throughput_sps", "mem_peak_mb", "vs_torch_p50", "max_abs_err"}
     assert (df[df.strategy == "torch"].vs_torch_p50 == 1.0).all()
@@ -188,13 +188,36 @@ def test_quick_run_results_are_complete(quick_run: Path):
     assert order == QUICK_STRATEGIES * 2
 
 
-def test_cells_can_be_pinned_to_cpus_and_given_glibc_as_shipped(tmp_path: Path):
+def test_cells_can_be_pinned_to_cpus_and_given_the_steady_allocator(tmp_path: Path):
     p = run_bench("run", "--models", "mlp", "--strategies", "torch,grpc", "--batch-sizes", "1", "--concurrency", "1",
-                  "--payload-sizes", "none", "--cpus", "0", "--malloc", "default", "--out", str(tmp_path), "--run-id", "p",
+                  "--payload-sizes", "none", "--cpus", "0", "--malloc", "steady", "--out", str(tmp_path), "--run-id", "p",
                   *FAST, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     for r in _cells(tmp_path / "p").values():
         assert r["status"] == "ok" and r["cpu_affinity"] == [0], (r["cell"]["id"], r.get("cpu_affinity"))
-        assert r["malloc_env"] == {}, r["malloc_env"]
+        assert r["malloc_env"] == allocator.STEADY_ENV, r["malloc_env"]
     html = (tmp_path / "p" / "report.html").read_text()
-    assert "each cell&#x27;s processes on CPUs [0]" in html and "glibc malloc as shipped" in html
+    assert "each cell&#x27;s processes on CPUs [0]" in html and "glibc keeps freed memory for reuse" in html
+
+
+def test_allocators_as_a_dimension_and_a_planted_allocator_dependent_ranking_is_flagged(tmp_path: Path):
+    """--malloc default,jemalloc measures every cell under both; the run ranks each policy apart and
+    flags the model whose winner changes: slow-test waits 1 ms per call, malloc-sensitive-test 2 ms
+    except under jemalloc, where it waits none."""
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text('plugins = ["tests.plugins.faulty"]\n[strategy.slow-test]\ndelay_us = 1000\n')
+    p = run_bench("run", "--config", str(cfg), "--models", "mlp", "--strategies", "slow-test,malloc-sensitive-test",
+                  "--batch-sizes", "1", "--concurrency", "1", "--payload-sizes", "none", "--malloc", "default,jemalloc",
+                  "--out", str(tmp_path), "--run-id", "a", *FAST, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = _cells(tmp_path / "a")
+    assert set(cells) == {f"mlp/{s}/b1/t1/c1/{m}" for s in ("slow-test", "malloc-sensitive-test")
+                          for m in ("default", "jemalloc")}
+    for cid, r in cells.items():
+        assert r["status"] == "ok", (cid, r.get("error"))
+        preload = r["malloc_env"].get("LD_PRELOAD", "")
+        assert ("libjemalloc" in preload) == cid.endswith("/jemalloc"), (cid, r["malloc_env"])
+    assert "allocator-dependent ranking: mlp, batch 1" in p.stdout
+    assert "under default slow-test" in p.stdout and "under jemalloc malloc-sensitive-test" in p.stdout
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "Rankings that change with the allocator" in md and "| mlp | 1 | 1 | jemalloc | malloc-sensitive-test |" in md

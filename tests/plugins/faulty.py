@@ -145,3 +145,16 @@ class SlowTest(Strategy):
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return _Delayed(model, options.threads, float(options.settings.get("delay_us", 0)))
+
+
+@register
+class AllocatorSensitiveTest(Strategy):
+    name = "malloc-sensitive-test"
+    summary = ("test only: eager torch plus 2 ms of busy-waiting per call, unless the process runs under "
+               "jemalloc (a planted ranking that depends on the allocator)")
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        import os
+
+        under_jemalloc = "jemalloc" in os.environ.get("LD_PRELOAD", "")
+        return _Delayed(model, options.threads, 0.0 if under_jemalloc else 2000.0)
