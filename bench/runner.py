@@ -109,7 +109,7 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
     name = log_path.stem
     job_file, out_file = job_dir / f"{name}.job.json", job_dir / f"{name}.result.json"
     out_file.unlink(missing_ok=True)
-    atomic_write_json(job_file, {**job, "out": str(out_file)})
+    atomic_write_json(job_file, {**job, "out": str(out_file), "spawned_at": time.time()})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", str(job_file)], stdout=log, stderr=subprocess.STDOUT,

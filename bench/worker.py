@@ -14,6 +14,11 @@ turns into the cell's error. Only JSON and .npz cross the process boundary.
 
 from __future__ import annotations
 
+import time
+
+STARTED = time.time()  # the interpreter is up: the cold start's "interpreter" phase ends here
+
+import importlib
 import json
 import os
 import shutil
@@ -122,18 +127,29 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
                               "malloc_env": {k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ}}
 
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
+    phases: dict[str, float] = {}
+    if job.get("spawned_at"):
+        phases["interpreter"] = max(0.0, STARTED - job["spawned_at"])
+    t0 = time.perf_counter()
+    for module in strategy.runtime_modules:
+        importlib.import_module(module)
+    phases["runtime import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     handle = ModelHandle(spec, job["seed"], job["content_hash"])
     options = SessionOptions(c["threads"], c["concurrency"], job.get("settings", {}))
     session = strategy.open(handle, Path(job["artifacts"]) if job.get("artifacts") else None, options)
     try:
         result["open_s"] = time.perf_counter() - t0
+        phases["model build"] = handle.build_s
+        phases["open"] = max(0.0, result["open_s"] - handle.build_s)
         for pid, role in session.pids():
             tracker.add(pid, role)
         t1 = time.perf_counter()
         first = session.run(inputs)
         result["first_call_s"] = time.perf_counter() - t1
         result["cold_start_s"] = result["open_s"] + result["first_call_s"]
+        phases["first call"] = result["first_call_s"]
+        result["cold_start_phases"] = phases
         first = {k: np.array(v, copy=True) for k, v in first.items()}
         result["payload_bytes"] = spec.input_bytes(c["batch"]) + sum(v.nbytes for v in first.values())
         result["session"] = session.describe()

@@ -234,3 +234,29 @@ def breakdown(rows: list[tuple[str, dict[str, float], float]], title: str) -> by
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     return _png(fig)
+
+
+def cold_start_phases(rows: list[tuple[str, dict[str, float], float | None]], title: str) -> bytes:
+    """One bar per strategy, in seconds: the phases from a warm artifact cache stacked, then the
+    artifact build that a start from nothing adds, hatched."""
+    phases = list(dict.fromkeys(p for _, ph, _ in rows for p in ph))
+    fig, ax = plt.subplots(figsize=(9, 0.34 * len(rows) + 1.7))
+    left = np.zeros(len(rows))
+    for i, p in enumerate(phases):
+        width = np.array([ph.get(p, 0.0) for _, ph, _ in rows])
+        ax.barh(range(len(rows)), width, left=left, color=PALETTE[i % len(PALETTE)], label=p, height=0.72)
+        left += width
+    build = np.array([b or 0.0 for _, _, b in rows])
+    ax.barh(range(len(rows)), build, left=left, color="white", edgecolor="#777", hatch="///", height=0.72,
+            label="export/compile (from nothing)")
+    for y, (warm, b) in enumerate(zip(left, build)):
+        ax.text(warm + b, y, f"  {_fmt_s(warm)}" + (f" / {_fmt_s(warm + b)}" if b else ""), va="center", fontsize=7.5)
+    ax.set_yticks(range(len(rows)), [r for r, _, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(float((left + build).max()) * 1.25, 1e-3))
+    ax.set_xlabel("seconds: ready from a warm artifact cache / from nothing")
+    ax.legend(fontsize=8, ncols=min(len(phases) + 1, 4), loc="upper center",
+              bbox_to_anchor=(0.5, -0.5 / max(len(rows), 1) - 0.1))
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)

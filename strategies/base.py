@@ -78,12 +78,15 @@ class ModelHandle:
     seed: int
     content_hash: str = ""
     _module: Any = None
+    build_s: float = 0.0  # time the user's factory took in this process (the cold start's "model build")
 
     def build(self) -> Any:
         if self._module is None:
             from fixtures.loading import build_model
 
+            t0 = time.perf_counter()
             self._module = build_model(self.spec, self.seed)
+            self.build_s = time.perf_counter() - t0
         return self._module
 
     def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
@@ -186,6 +189,9 @@ class Strategy(ABC):
     prepare_hint: ClassVar[str] = ""
     #: extra `bench run` flags this strategy takes (values arrive in SessionOptions.settings)
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
+    #: modules the session's runtime needs: a cell imports them before open(), timed as the cold
+    #: start's "runtime import" phase (open() then times loading the model, not importing libraries)
+    runtime_modules: ClassVar[tuple[str, ...]] = ()
 
     def available(self) -> Availability:
         return Availability(True)

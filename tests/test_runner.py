@@ -177,6 +177,10 @@ def test_quick_run_results_are_complete(quick_run: Path):
         assert len(r["samples_ns"]) == r["latency"]["n"] > 0
         assert r["memory"]["steady_rss"] > 0 and r["memory"]["peak_rss"] >= r["memory"]["baseline_rss"]
         assert r["cold_start_s"] >= r["first_call_s"] > 0
+        phases = r["cold_start_phases"]  # the same phases for every strategy
+        assert set(phases) == {"interpreter", "runtime import", "model build", "open", "first call"}, phases
+        assert 0 < phases["interpreter"] < 30 and phases["first call"] == r["first_call_s"]
+        assert abs(phases["model build"] + phases["open"] - r["open_s"]) < 1e-6
         assert r["throughput"]["samples_per_s"] > 0
         assert r["malloc_env"] == {}  # the default policy, glibc as shipped, reached every worker
     df = run.frame()

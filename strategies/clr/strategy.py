@@ -139,6 +139,7 @@ class _Clr(Strategy):
     naive: ClassVar[bool]
     needs_artifacts = True  # the compiled C# assembly, shared by every model
     prepare_hint = "the first one compiles the C# side with mcs, about a second"
+    runtime_modules = ("pythonnet", "clr_loader")  # loading the CLR itself is open()'s
 
     def available(self) -> Availability:
         from strategies.clr import build

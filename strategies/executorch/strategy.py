@@ -326,6 +326,7 @@ class ExecuTorchSession(Session):
 
 @register
 class ExecuTorchXnnpack(Strategy):
+    runtime_modules = ("torch", "executorch.extension.pybindings._C")
     name = "executorch"
     summary = ("torch.export -> XNNPACK-lowered .pte (bounded dynamic batch) run by ExecuTorch's runtime "
                "(pybindings), inputs zero-copy, outputs copied")

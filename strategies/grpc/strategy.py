@@ -186,6 +186,7 @@ class _Grpc(Strategy):
     encoding: ClassVar[str] = codec.RAW
     transport: ClassVar[str] = "tcp"
     concurrent_calls = True
+    runtime_modules = ("grpc",)  # the client's; the server's imports are part of starting it (open)
 
     def available(self) -> Availability:
         for module, dist in (("grpc", "grpcio"), ("grpc_tools", "grpcio-tools"), ("grpc_health", "grpcio-health-checking")):

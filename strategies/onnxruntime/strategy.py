@@ -51,6 +51,7 @@ class OrtSession(Session):
 
 @register
 class OnnxRuntime(Strategy):
+    runtime_modules = ("onnxruntime",)
     name = "onnxruntime"
     summary = "the fastest correct ONNX export and ORT optimization level, on ONNX Runtime CPU, InferenceSession.run without copies"
     needs_artifacts = True

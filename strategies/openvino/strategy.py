@@ -215,6 +215,7 @@ class OpenVinoSession(Session):
 
 @register
 class OpenVino(Strategy):
+    runtime_modules = ("openvino",)
     name = "openvino"
     summary = "OpenVINO Runtime CPU: shared ONNX export -> IR, dynamic batch, f32, one infer request per caller"
     needs_artifacts = True

@@ -35,6 +35,7 @@ class TorchSession(Session):
 
 @register
 class TorchEager(Strategy):
+    runtime_modules = ("torch",)
     name = "torch"
     summary = "eager PyTorch in the calling process, inference mode, zero-copy NumPy<->tensor"
 
