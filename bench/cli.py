@@ -253,6 +253,12 @@ def cmd_run(args: argparse.Namespace) -> int:
           + f"), profile {cfg.profile}", file=sys.stderr)
     print(f"results: {run.path}" + (f" (shard {args.shard}: {len(cells)} of the matrix's cells)" if args.shard else ""),
           file=sys.stderr)
+    from bench.cache import default_cache_dir
+
+    cache = default_cache_dir()
+    print(f"artifact cache: {cache}" + (" (new; set $BENCH_CACHE_DIR to put it elsewhere)" if not cache.exists()
+                                        else " ($BENCH_CACHE_DIR)" if os.environ.get("BENCH_CACHE_DIR") else ""),
+          file=sys.stderr)
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

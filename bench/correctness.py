@@ -40,8 +40,16 @@ def compare_outputs(
         rel = diff / np.maximum(np.abs(e64), np.finfo(np.float64).tiny)
         rec["max_rel"] = float(np.nanmax(np.where(e64 == 0, np.where(diff == 0, 0.0, np.inf), rel))) if diff.size else 0.0
         close = bool(np.all(finite) and np.allclose(a64, e64, atol=atol, rtol=rtol, equal_nan=False))
+        if diff.size:  # the element nearest to (or furthest past) its own tolerance atol + rtol*|expected|
+            allowed = atol + rtol * np.abs(e64)
+            used = np.where(np.isfinite(diff), diff / np.maximum(allowed, np.finfo(np.float64).tiny), np.inf)
+            i = int(np.argmax(used))
+            rec["worst"] = {"error": float(diff.flat[i]), "allowed": float(allowed.flat[i]),
+                            "used": float(used.flat[i]), "index": [int(v) for v in np.unravel_index(i, diff.shape)]}
         if not close:
-            problems.append(f"{name}: max abs error {rec['max_abs']:.3g} exceeds atol={atol:g} + rtol={rtol:g}*|expected|")
+            w = rec.get("worst", {})
+            problems.append(f"{name}: element {tuple(w.get('index', []))} is off by {w.get('error', float('nan')):.3g}, "
+                            f"allowed {w.get('allowed', float('nan')):.3g} (atol {atol:g} + rtol {rtol:g} x |expected|)")
         rec["ok"] = close and a.dtype == e.dtype
         outputs[name] = rec
     return {"ok": not problems, "atol": atol, "rtol": rtol, "outputs": outputs, "problems": problems}

@@ -112,6 +112,7 @@ def _summ(ns: np.ndarray) -> dict[str, Any]:
 def cell(job: dict[str, Any]) -> dict[str, Any]:
     import strategies
     from bench.correctness import compare_outputs, worst
+    from bench.environment import THREAD_ENV
     from bench.measure import SamplingConfig, closed_loop, sample, warm_up
     from bench.memory import MemoryTracker
     from fixtures.specs import ModelSpec, make_inputs
@@ -124,7 +125,8 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     strategy = strategies.get(c["strategy"])
     inputs = make_inputs(spec, c["batch"], job["seed"])
     result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
-                              "malloc_env": {k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ}}
+                              "malloc_env": {k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ},
+                              "thread_env": {k: os.environ.get(k) for k in THREAD_ENV}}
 
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
     phases: dict[str, float] = {}

@@ -29,6 +29,16 @@ def fmt_ratio(v: float | None) -> str:
     return f"{v:.2f}x"
 
 
+def fmt_sig(v: float | None, digits: int = 3) -> str:
+    """A rate to ``digits`` significant figures, grouped: 8,290,000 rather than 8,292,590.575."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v == 0:
+        return "0"
+    rounded = round(v, digits - 1 - int(math.floor(math.log10(abs(v)))))
+    return f"{rounded:,.{max(0, digits - 1 - int(math.floor(math.log10(abs(v)))))}f}"
+
+
 def fmt_num(v: float | None, digits: int = 0) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -59,11 +69,9 @@ class Decision:
             return "no valid cell"
         parts = [f"**{self.winner}** wins at {fmt_ms(self.winner_p50_ms)} p50"]
         if self.winner != BASELINE and self.baseline_p50_ms:
-            parts.append(f"{self.baseline_p50_ms / self.winner_p50_ms:.2f}x faster than in-process torch")
-        if self.runner_up and self.margin and self.runner_up != BASELINE:
-            parts.append(f"{self.margin:.2f}x faster than the runner-up, {self.runner_up}")
-        if self.winner == BASELINE and self.runner_up and self.margin:
-            parts.append(f"in-process torch is the fastest, {self.margin:.2f}x ahead of {self.runner_up}")
+            parts.append(f"{fmt_ratio(self.winner_p50_ms / self.baseline_p50_ms)} in-process torch's time")
+        if self.runner_up and self.margin:
+            parts.append(f"the runner-up, {self.runner_up}, takes {fmt_ratio(self.margin)} its time")
         return ", ".join(parts)
 
 
@@ -121,7 +129,7 @@ def terminal_table(df: pd.DataFrame) -> str:
         return "(no cells)"
     policies = (df.malloc != "").any() if "malloc" in df else False
     header = f"{'model':<12} {'strategy':<14} {'batch':>6} {'thr':>3} {'conc':>4} " + (f"{'malloc':<9}" if policies else "") \
-        + f"{'p50':>10} {'p99':>10} {'samples/s':>11} {'vs torch':>8} {'mem +MB':>8}  status"
+        + f"{'p50':>10} {'p99':>10} {'samples/s':>11} {'vs torch':>8} {'mem +MiB':>8}  status"
     lines = [header, "-" * len(header)]
     prev = None
     for r in df.itertuples():
@@ -134,7 +142,7 @@ def terminal_table(df: pd.DataFrame) -> str:
             status += ": " + str(r.error).splitlines()[0][:60]
         lines.append(
             f"{r.model:<12} {r.strategy:<14} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "
-            + (f"{r.malloc:<9}" if policies else "") + f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms) if pd.notna(r.p99_ms) else 'n/e':>10} {fmt_num(r.throughput_sps):>11} "
+            + (f"{r.malloc:<9}" if policies else "") + f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms) if pd.notna(r.p99_ms) else 'n/e':>10} {fmt_sig(r.throughput_sps):>11} "
             f"{fmt_ratio(r.vs_torch_p50):>8} {fmt_num(r.mem_added_mb, 1):>8}  {status}"
         )
     return "\n".join(lines)
