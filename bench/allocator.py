@@ -67,6 +67,18 @@ def env(policy: str) -> dict[str, str]:
     return {}
 
 
+def preload_env(inherited: str, policy: str) -> dict[str, str]:
+    """The process's environment for ``policy`` given the LD_PRELOAD it inherited: any allocator a
+    shell preloads (jemalloc, tcmalloc, under any file name) is dropped so it cannot relabel a cell,
+    other preloads are kept, and a preloaded policy's library is added."""
+    import re
+
+    kept = [p for p in re.split(r"[:\s]+", inherited) if p and not re.match(r"lib(jemalloc|tcmalloc)", p.rsplit("/", 1)[-1])]
+    own = env(policy)
+    preload = [*kept, own.pop("LD_PRELOAD")] if "LD_PRELOAD" in own else kept
+    return {**own, "LD_PRELOAD": ":".join(preload)} if preload else own
+
+
 def describe(policy: str) -> str:
     if policy == "steady":
         return (f"steady: glibc keeps freed memory for reuse (mmap threshold {MMAP_THRESHOLD // 2**20} MiB, "

@@ -161,16 +161,32 @@ def environment_warnings(base_env: dict[str, Any], new_env: dict[str, Any]) -> l
     return list(dict.fromkeys(out))
 
 
+def _keyed(cells: list[dict[str, Any]], policies: list[str], qualify: bool) -> list[dict[str, Any]]:
+    """Cells keyed for comparison: as recorded, or, when either run compared several allocators, each
+    id ending in the policy the cell ran (a one-policy run's cells ran the run's policy), so a run
+    under `default` compares with the `default` cells of a run that also measured `jemalloc`."""
+    if not qualify:
+        return cells
+    out = []
+    for r in cells:
+        cell = r["cell"]
+        if not cell.get("malloc"):
+            cell = {**cell, "malloc": policies[0], "id": f"{cell['id']}/{policies[0]}"}
+        out.append({**r, "cell": cell})
+    return out
+
+
 def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
                  concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD) -> Comparison:
-    changes, only_base, only_new = compare_cells(base.load_cells(), new.load_cells(), threshold, alpha,
-                                                 concurrent_threshold)
-    new_status = {r["cell"]["id"]: r["status"] for r in new.load_cells(samples=False)}
+    bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
+    qualify = len(bm) > 1 or len(nm) > 1  # a run that compared allocators names the policy in its ids
+    changes, only_base, only_new = compare_cells(_keyed(base.load_cells(), bm, qualify), _keyed(new.load_cells(), nm, qualify),
+                                                 threshold, alpha, concurrent_threshold)
+    new_status = {r["cell"]["id"]: r["status"] for r in _keyed(new.load_cells(samples=False), nm, qualify)}
     broken = [c for c in only_base if new_status.get(c) in ("error", "invalid")]
     only_base = [c for c in only_base if c not in broken]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken)
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
-    bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
     if bm != nm:
         cmp.warnings.append(f"different allocator policy (--malloc): {','.join(bm)} -> {','.join(nm)}")
     if not changes:

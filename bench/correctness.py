@@ -42,7 +42,8 @@ def compare_outputs(
         close = bool(np.all(finite) and np.allclose(a64, e64, atol=atol, rtol=rtol, equal_nan=False))
         if diff.size:  # the element nearest to (or furthest past) its own tolerance atol + rtol*|expected|
             allowed = atol + rtol * np.abs(e64)
-            used = np.where(np.isfinite(diff), diff / np.maximum(allowed, np.finfo(np.float64).tiny), np.inf)
+            used = np.where(a64 == e64, 0.0,  # equal, infinities included (inf - inf is nan)
+                            np.where(np.isfinite(diff), diff / np.maximum(allowed, np.finfo(np.float64).tiny), np.inf))
             i = int(np.argmax(used))
             rec["worst"] = {"error": float(diff.flat[i]), "allowed": float(allowed.flat[i]),
                             "used": float(used.flat[i]), "index": [int(v) for v in np.unravel_index(i, diff.shape)]}

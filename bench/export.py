@@ -49,9 +49,9 @@ def to_pytest_benchmark(run: RunDir) -> dict[str, Any]:
             continue
         c = r["cell"]
         benchmarks.append({
-            "group": f"{c['model']} b{c['batch']} t{c['threads']} c{c['concurrency']}",
+            "group": f"{c['model']} b{c['batch']} t{c['threads']} c{c['concurrency']}" + (f" {c['malloc']}" if c.get("malloc") else ""),
             "name": c["id"], "fullname": f"interop-bench::{c['id']}",
-            "params": {k: c[k] for k in ("model", "strategy", "batch", "threads", "concurrency")},
+            "params": {k: c[k] for k in ("model", "strategy", "batch", "threads", "concurrency", "malloc") if k in c},
             "param": c["id"], "extra_info": {"throughput_samples_per_s": (r.get("throughput") or {}).get("samples_per_s"),
                                              "cold_start_s": r.get("cold_start_s")},
             "options": {"disable_gc": False, "timer": "perf_counter_ns", "min_rounds": 1, "max_time": None,

@@ -132,7 +132,9 @@ def closed_loop(
     a warm-up with all callers running, then every completed call's latency over duration_s.
     A session whose callers live in another runtime runs them there (``Session.run_load``)."""
     if type(session).run_load is not Session.run_load:
-        return _foreign_load(session, inputs, callers, duration_s, warmup_s, between_rounds)
+        foreign = _foreign_load(session, inputs, callers, duration_s, warmup_s, between_rounds)
+        if foreign is not None:
+            return foreign
     barrier = threading.Barrier(callers + 1)
     stop = threading.Event()
     measuring = threading.Event()
@@ -177,7 +179,7 @@ def closed_loop(
 def _foreign_load(
     session: Session, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
     between_rounds: Callable[[], None],
-) -> LoadResult:
+) -> LoadResult | None:
     """The session's own threads make the calls; a Python thread waits on them (the session releases
     the GIL) while this one samples memory between rounds."""
     box: list[LoadTimings | BaseException | None] = []
@@ -196,7 +198,7 @@ def _foreign_load(
     got = box[0] if box else RuntimeError("the session's load ended without a result")
     if isinstance(got, BaseException):
         return LoadResult(np.empty(0, dtype=np.int64), 0, 0.0, [f"{type(got).__name__}: {got}"])
-    if got is None:
-        raise TypeError(f"{type(session).__name__}.run_load returned None after overriding it")
+    if got is None:  # the session declined (the contract's None): Python threads calling run()
+        return None
     lat = np.asarray(got.latency_ns, dtype=np.int64)
     return LoadResult(lat, len(lat), got.wall_s, [got.error] if got.error else [])

@@ -77,9 +77,7 @@ def worker_env(threads: int, malloc: str = allocator.DEFAULT) -> dict[str, str]:
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, PYTHONHASHSEED="0")
     for k in allocator.STEADY_ENV:  # the run's policy, not whatever the caller's shell had
         env.pop(k, None)
-    if any(lib in env.get("LD_PRELOAD", "") for lib, _ in allocator.PRELOADED.values()):
-        env.pop("LD_PRELOAD")
-    env.update(allocator.env(malloc))
+    env.update(allocator.preload_env(env.pop("LD_PRELOAD", ""), malloc))
     paths = [str(Path.cwd()), str(PROJECT_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env

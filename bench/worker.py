@@ -18,7 +18,6 @@ import time
 
 STARTED = time.time()  # the interpreter is up: the cold start's "interpreter" phase ends here
 
-import importlib
 import json
 import os
 import shutil
@@ -133,8 +132,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("spawned_at"):
         phases["interpreter"] = max(0.0, STARTED - job["spawned_at"])
     t0 = time.perf_counter()
-    for module in strategy.runtime_modules:
-        importlib.import_module(module)
+    strategy.load_runtime()
     phases["runtime import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     handle = ModelHandle(spec, job["seed"], job["content_hash"])

@@ -127,7 +127,7 @@ def build(run: RunDir) -> Report:
     # Several allocator policies: the decision and the latency table show every one; the other
     # sections show the first (the run's primary policy), so each figure compares like with like.
     policies = [p for p in allocator.of_run(cfg)] if len(allocator.of_run(cfg)) > 1 else []
-    df_all = df
+    df_all, results_all = df, results
     if policies:
         df = df[df.malloc == policies[0]].reset_index(drop=True)
         results = [r for r in results if r["cell"].get("malloc", "") == policies[0]]
@@ -139,15 +139,15 @@ def build(run: RunDir) -> Report:
 
     # -- warnings ---------------------------------------------------------------------------------
     warnings = []
-    expected = len(meta.get("cells", [])) or len(df)
-    if meta.get("status") != "complete" or len(df) < expected:
-        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df)} of {expected} cells measured "
+    expected = len(meta.get("cells", [])) or len(df_all)
+    if meta.get("status") != "complete" or len(df_all) < expected:
+        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df_all)} of {expected} cells measured "
                         f"(`python -m bench run --resume {run.path}` finishes it).")
     for status, what in (("invalid", "gave wrong outputs and are not ranked"), ("error", "failed"),
                          ("skipped", "were skipped")):
-        n = int((df.status == status).sum())
+        n = int((df_all.status == status).sum())
         if n:
-            warnings.append(f"{n} cell(s) {what}: {', '.join(df[df.status == status].cell_id[:6])}"
+            warnings.append(f"{n} cell(s) {what}: {', '.join(df_all[df_all.status == status].cell_id[:6])}"
                             + (" ..." if n > 6 else ""))
     noisy = valid[valid.noisy == True]  # noqa: E712
     if len(noisy):
@@ -400,7 +400,7 @@ def build(run: RunDir) -> Report:
     sections.append(sec)
 
     # -- errors ----------------------------------------------------------------------------------------
-    failed = [r for r in results if r["status"] in ("error", "skipped", "invalid")]
+    failed = [r for r in results_all if r["status"] in ("error", "skipped", "invalid")]
     if failed:
         sec = Section("errors", "Failed, invalid and skipped cells")
         sec.tables.append(Table(["cell", "status", "reason"], [[r["cell"]["id"], r["status"], _first_line(r.get("error"), 300)]
@@ -439,7 +439,7 @@ def build(run: RunDir) -> Report:
     when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M") if started else "?"
     return Report(
         title="PyTorch integration strategies: benchmark report",
-        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df)} cells "
-                 f"({int(df.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
+        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_all)} cells "
+                 f"({int(df_all.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
         warnings=warnings, sections=sections,
     )

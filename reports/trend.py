@@ -41,8 +41,9 @@ def _chart(runs: list[Any], series: dict[str, list[tuple[int, float]]], steps: l
 
     groups: dict[str, list[str]] = defaultdict(list)
     for cid in series:
-        model, strategy, b, t, c = cid.split("/")
-        groups[f"{model} {b} {t} {c}"].append(cid)
+        parts = cid.split("/")  # model/strategy/bB/tT/cC, then /POLICY where a run compared allocators
+        model, _, b, t, c = parts[:5]
+        groups[f"{model} {b} {t} {c}" + (f" {parts[5]}" if len(parts) > 5 else "")].append(cid)
     names = sorted(groups)
     fig, axes = _facets(len(names), width=5.0, height=3.3)
     palette = colors(sorted({cid.split("/")[1] for cid in series}))

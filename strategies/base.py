@@ -203,6 +203,14 @@ class Strategy(ABC):
     def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Raise ValueError (one line) for a setting this strategy cannot take, before any cell runs."""
 
+    def load_runtime(self) -> None:
+        """Load the runtime before open() (timed as the cold start's "runtime import"): by default,
+        import ``runtime_modules``; a strategy whose runtime is a native library loads it here."""
+        import importlib
+
+        for module in self.runtime_modules:
+            importlib.import_module(module)
+
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:  # noqa: B027 - optional hook
         """Turn the model into this strategy's artifacts inside out_dir. Raise to fail the cells."""
 

@@ -67,7 +67,11 @@ def test_preloaded_allocators_are_the_ones_a_worker_runs(policy: str, monkeypatc
     maps = subprocess.run([sys.executable, "-c", code], env=worker_env(1, policy), capture_output=True, text=True,
                           timeout=60).stdout
     assert lib in maps
-    monkeypatch.setenv("LD_PRELOAD", lib)  # a shell that preloads it must not turn "default" into it
+    # a shell that preloads an allocator (under any file name) must not turn "default" into it,
+    # and its other preloads stay
+    monkeypatch.setenv("LD_PRELOAD", f"{lib}:/usr/lib/libfoo.so /opt/libjemalloc.so")
+    assert worker_env(1, "default").get("LD_PRELOAD") == "/usr/lib/libfoo.so"
+    monkeypatch.setenv("LD_PRELOAD", lib)
     maps = subprocess.run([sys.executable, "-c", code], env=worker_env(1, "default"), capture_output=True, text=True,
                           timeout=60).stdout
     assert lib not in maps

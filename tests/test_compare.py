@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.results import RunDir
@@ -151,3 +152,22 @@ def test_runs_from_different_machines_or_versions_are_warned_about(runs: Path, t
     p = run_bench("compare", str(runs / "base"), str(tmp_path / "elsewhere"), cwd=tmp_path)
     assert "warning: different cpu_model" in p.stdout and p.returncode == 0, p.stdout + p.stderr
     assert "warning: different allocator policy (--malloc): default -> steady" in p.stdout
+
+
+def test_a_one_policy_run_compares_with_the_same_policys_cells_of_a_multi_policy_run():
+    """Ids of a run that compared allocators end in the policy; a run under one policy compares with
+    those cells of it, not with nothing."""
+    from bench.compare import _keyed, compare_cells
+
+    def cell(cid: str, malloc: str, shift: float) -> dict:
+        model, strategy = cid.split("/")[:2]
+        samples = (np.arange(200) % 7 + 100 + shift).tolist()
+        return {"cell": {"id": cid, "model": model, "strategy": strategy, "batch": 1, "threads": 1, "concurrency": 1,
+                         "malloc": malloc}, "status": "ok", "samples_ns": samples}
+
+    single = [cell("mlp/torch/b1/t1/c1", "", 0)]
+    multi = [cell("mlp/torch/b1/t1/c1/default", "default", 0), cell("mlp/torch/b1/t1/c1/jemalloc", "jemalloc", 50)]
+    changes, only_base, only_new = compare_cells(_keyed(single, ["default"], True), _keyed(multi, ["default", "jemalloc"], True))
+    assert [c.cell_id for c in changes] == ["mlp/torch/b1/t1/c1/default"] and changes[0].verdict == "unchanged"
+    assert only_base == [] and only_new == ["mlp/torch/b1/t1/c1/jemalloc"]
+    assert _keyed(single, ["default"], False) == single  # two one-policy runs keep their ids

@@ -81,15 +81,18 @@ def test_timing_runs_in_cpp_without_the_gil(prepared):
 
         t = threading.Thread(target=python_thread)
         t.start()
+        t0 = time.perf_counter_ns()
         timings = session.time_calls(x, 2000)
+        wall = time.perf_counter_ns() - t0
         stop.set()
         t.join()
         assert len(ticks) > 10  # Python ran while C++ timed its 2000 calls: the GIL was released
         lat = timings.latency_ns
-        assert lat.shape == (2000,) and (lat > 0).all()
-        parts = sum(timings.phases_ns[p] for p in ("wrap", "run", "unwrap"))
-        assert (parts <= lat).all() and (timings.phases_ns["run"] > 0).all()
-        assert np.median(parts) > 0.9 * np.median(lat)  # the phases account for the call
+        assert lat.shape == (2000,) and (lat > 0).all() and (timings.phases_ns["run"] > 0).all()
+        # the C++ clock's calls account for the time Python saw pass around the whole loop: the loop
+        # adds little between calls, and no call is counted that did not happen in that time
+        assert 0.7 * wall < lat.sum() <= wall, (lat.sum(), wall)
+        assert (timings.phases_ns["run"] < lat).all()
 
 
 def test_concurrent_callers_are_cpp_threads(prepared):

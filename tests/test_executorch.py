@@ -152,12 +152,18 @@ def test_concurrent_callers_share_one_program_correctly(strategy, artifacts):
         arena = json.loads((artifacts("transformer") / "executorch.json").read_text())["planned_arena_bytes"]
         assert s.memory_extra() == {"executorch_planned_arena": arena} and arena > 0
 
+        done = [0, 0, 0]
+
         def caller(i: int) -> None:
-            for _ in range(10):
-                got = s.run(cases[i])
-                for k, e in expected[i].items():
-                    if got[k].shape != e.shape or not np.allclose(got[k], e, atol=spec.atol, rtol=spec.rtol):
-                        errors.append(f"caller {i}: wrong {k}")
+            try:
+                for _ in range(10):
+                    got = s.run(cases[i])
+                    for k, e in expected[i].items():
+                        if got[k].shape != e.shape or not np.allclose(got[k], e, atol=spec.atol, rtol=spec.rtol):
+                            errors.append(f"caller {i}: wrong {k}")
+                    done[i] += 1
+            except Exception as e:  # a failing call must fail the test, not end a thread quietly
+                errors.append(f"caller {i}: {type(e).__name__}: {e}")
 
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
         for t in threads:
@@ -165,6 +171,7 @@ def test_concurrent_callers_share_one_program_correctly(strategy, artifacts):
         for t in threads:
             t.join()
     assert not errors, errors[0]
+    assert done == [10, 10, 10]
 
 
 def test_versions_and_availability(strategy, monkeypatch: pytest.MonkeyPatch):

@@ -3,12 +3,15 @@ from the onnxruntime wheel, pybind11 from PyPI, compiled once by the system's g+
 cache (keyed by the source, the headers' package and the library's version).
 
 Nothing of ONNX Runtime is kept in this repository. The wheel has the library but no headers; the
-npm package below carries ONNX Runtime's release headers (C and C++ API). Headers of an older API
-version run on a newer library: the C API's function table is only ever appended to, and the
-library serves any version up to its own."""
+npm package below (a Unity plugin that redistributes ONNX Runtime's release build) carries its C and
+C++ API headers. The package is checked against the sha512 its registry entry records, so a
+different tarball under the same name is refused, and only the header files are taken from it.
+Headers of an older API version run on a newer library: the C API's function table is only ever
+appended to, and the library serves any version up to its own (the module checks that at import)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -27,6 +30,9 @@ from strategies.base import package_version
 
 SOURCE = Path(__file__).with_name("runner.cpp")
 HEADERS_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"  # npm: ONNX Runtime's release headers (API 29)
+#: the registry's recorded integrity of that tarball (`npm view PACKAGE dist.integrity`)
+HEADERS_INTEGRITY = "sha512-BkzxduSZ9IkeDP6Q8lz2TFU2ie7hSSvS7ZIfzMooExoq0CNzJnuuGaUJ7IsojBgqO4ouD1jXah8OYyJbCN29Fg=="
+MIN_ORT = (1, 29)  # the headers' API version: an older library has no function table for it
 HEADERS_DIR_IN_PACKAGE = "package/Plugins/iOS~/onnxruntime.xcframework/ios-arm64/onnxruntime.framework/Headers/"
 HEADERS_NEEDED = ("onnxruntime_c_api.h", "onnxruntime_cxx_api.h", "onnxruntime_cxx_inline.h", "onnxruntime_float16.h",
                   "onnxruntime_run_options_config_keys.h", "onnxruntime_session_options_config_keys.h",
@@ -84,19 +90,33 @@ def fetch_headers(dest: Path) -> Path:
         tgz = sorted(Path(tmp).glob("*.tgz"))
         if p.returncode != 0 or not tgz:
             raise BuildError(f"npm pack {HEADERS_PACKAGE} failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+        import base64
+        import hashlib as _hashlib
+
+        digest = "sha512-" + base64.b64encode(_hashlib.sha512(tgz[0].read_bytes()).digest()).decode()
+        if digest != HEADERS_INTEGRITY:
+            raise BuildError(f"{HEADERS_PACKAGE} from the registry does not match its recorded integrity "
+                             f"({digest[:24]}... instead of {HEADERS_INTEGRITY[:24]}...); refusing its headers")
         staging = dest / f"include.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        with tarfile.open(tgz[0]) as tar:
-            for name in HEADERS_NEEDED:
-                member = tar.extractfile(HEADERS_DIR_IN_PACKAGE + name)
-                if member is None:
-                    raise BuildError(f"{HEADERS_PACKAGE} has no {name}")
-                (staging / name).write_bytes(member.read())
-        if include.exists():
+        try:
+            with tarfile.open(tgz[0]) as tar:
+                for name in HEADERS_NEEDED:
+                    try:
+                        member = tar.extractfile(HEADERS_DIR_IN_PACKAGE + name)
+                    except KeyError:
+                        member = None
+                    if member is None:
+                        raise BuildError(f"{HEADERS_PACKAGE} has no {name}")
+                    (staging / name).write_bytes(member.read())
+            try:
+                os.replace(staging, include)
+            except OSError:  # another build put them there first
+                if not (include / "onnxruntime_cxx_api.h").exists():
+                    raise
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-        else:
-            os.replace(staging, include)
     return include
 
 
@@ -118,7 +138,8 @@ def build(verbose: bool = True) -> Path:
     ort = ort_library()
     link = out / SONAME  # the library's soname, which the wheel does not ship: the extension finds it here
     if not link.exists():
-        link.symlink_to(ort)
+        with contextlib.suppress(FileExistsError):  # another build made it
+            link.symlink_to(ort)
     name = module_name()
     tmp = out / f"{name}.so.tmp-{os.getpid()}"
     cmd = [cxx, "-O2", "-std=c++17", "-shared", "-fPIC", "-fvisibility=hidden", f"-DORT_RUNNER_MODULE={name}",
@@ -133,6 +154,18 @@ def build(verbose: bool = True) -> Path:
         raise BuildError(f"compiling {SOURCE.name} failed: {first}")
     os.replace(tmp, out / f"{name}.so")
     return out / f"{name}.so"
+
+
+def ort_version_ok() -> str:
+    """Empty when the installed onnxruntime serves the headers' API version; else why not."""
+    v = package_version("onnxruntime")
+    try:
+        parts = tuple(int(x) for x in v.split(".")[:2])
+    except ValueError:
+        return f"cannot read onnxruntime's version ({v})"
+    if parts < MIN_ORT:
+        return f"onnxruntime {v} is older than the headers' API ({MIN_ORT[0]}.{MIN_ORT[1]}; pip install 'onnxruntime>=1.29')"
+    return ""
 
 
 def load() -> ModuleType:

@@ -9,6 +9,7 @@
 //       caller threads are C++, the GIL is released, and "unwrap" is what a C++ caller does with an
 //       output (read its shape and data pointer).
 // Errors: Ort::Exception (ORT's status message) and argument errors reach Python as exceptions.
+#define ORT_API_MANUAL_INIT  // Ort::InitApi() once the library is known to serve the headers' API version
 #include <onnxruntime_cxx_api.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -124,9 +125,10 @@ class Runner {
   py::tuple run(const std::vector<py::array>& arrays) {
     auto inputs = borrow(arrays);
     std::vector<Ort::Value> outs;
+    std::vector<uintptr_t> input_ptrs;
     int64_t t_wrap, t_run;
     {
-      py::gil_scoped_release release;
+      py::gil_scoped_release release;  // nothing shared is written here: concurrent callers are safe
       const auto t0 = Clock::now();
       auto values = wrap(inputs);
       const auto t1 = Clock::now();
@@ -134,10 +136,10 @@ class Runner {
       const auto t2 = Clock::now();
       t_wrap = ns(t1 - t0);
       t_run = ns(t2 - t1);
-      last_input_ptrs_.clear();
-      for (auto& v : values) last_input_ptrs_.push_back(reinterpret_cast<uintptr_t>(v.GetTensorRawData()));
+      for (auto& v : values) input_ptrs.push_back(reinterpret_cast<uintptr_t>(v.GetTensorRawData()));
     }
     const auto t2 = Clock::now();
+    last_input_ptrs_ = std::move(input_ptrs);  // the GIL is held again
     py::list result;
     last_output_ptrs_.clear();
     for (auto& o : outs) {
@@ -174,9 +176,9 @@ class Runner {
     auto W = wrap_ns.mutable_unchecked<1>();
     auto R = run_ns.mutable_unchecked<1>();
     auto U = unwrap_ns.mutable_unchecked<1>();
+    size_t sink = 0;
     {
       py::gil_scoped_release release;
-      size_t sink = 0;
       for (int64_t i = 0; i < n; ++i) {
         const auto t0 = Clock::now();
         auto values = wrap(inputs);
@@ -193,8 +195,8 @@ class Runner {
         L(i) = ns(t4 - t0);
         (void)t3;
       }
-      sink_ += sink;
     }
+    sink_ += sink;  // the GIL is held again
     return py::make_tuple(lat, py::make_tuple(wrap_ns, run_ns, unwrap_ns));
   }
 
@@ -212,26 +214,36 @@ class Runner {
     {
       py::gil_scoped_release release;
       std::vector<std::thread> threads;
-      for (int c = 0; c < callers; ++c) {
-        threads.emplace_back([&, c] {
-          auto& out = per_thread[c];
-          out.reserve(1 << 14);
-          try {
-            while (!stop.load(std::memory_order_relaxed)) {
-              const auto t0 = Clock::now();
-              auto values = wrap(inputs);
-              auto outs = call(values);
-              unwrap(outs);
-              outs.clear();
-              const int64_t dt = ns(Clock::now() - t0);
-              if (measuring.load(std::memory_order_relaxed)) out.push_back(dt);
+      auto join_all = [&] {
+        stop = true;
+        for (auto& t : threads)
+          if (t.joinable()) t.join();
+      };
+      try {
+        for (int c = 0; c < callers; ++c) {
+          threads.emplace_back([&, c] {
+            auto& out = per_thread[c];
+            out.reserve(1 << 14);
+            try {
+              while (!stop.load(std::memory_order_relaxed)) {
+                const auto t0 = Clock::now();
+                auto values = wrap(inputs);
+                auto outs = call(values);
+                unwrap(outs);
+                outs.clear();
+                const int64_t dt = ns(Clock::now() - t0);
+                if (measuring.load(std::memory_order_relaxed)) out.push_back(dt);
+              }
+            } catch (const std::exception& e) {
+              std::lock_guard<std::mutex> lock(error_mu);
+              if (error.empty()) error = e.what();
+              stop = true;
             }
-          } catch (const std::exception& e) {
-            std::lock_guard<std::mutex> lock(error_mu);
-            if (error.empty()) error = e.what();
-            stop = true;
-          }
-        });
+          });
+        }
+      } catch (...) {  // a thread that could not start: stop and join the ones that did, then report
+        join_all();
+        throw;
       }
       std::this_thread::sleep_for(std::chrono::duration<double>(warmup_s));
       const auto t0 = Clock::now();
@@ -240,8 +252,7 @@ class Runner {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
       measuring = false;
       wall = std::chrono::duration<double>(Clock::now() - t0).count();
-      stop = true;
-      for (auto& t : threads) t.join();
+      join_all();
     }
     size_t total = 0;
     for (auto& v : per_thread) total += v.size();
@@ -276,6 +287,11 @@ class Runner {
 }  // namespace
 
 PYBIND11_MODULE(ORT_RUNNER_MODULE, m) {
+  if (OrtGetApiBase()->GetApi(ORT_API_VERSION) == nullptr)
+    throw std::runtime_error("libonnxruntime " + std::string(OrtGetApiBase()->GetVersionString()) +
+                             " is older than the headers' API version " + std::to_string(ORT_API_VERSION) +
+                             " (pip install 'onnxruntime>=1.29')");
+  Ort::InitApi();
   m.doc() = "ONNX Runtime called from C++ (the C++ API over the wheel's libonnxruntime)";
   m.def("api_version", [] { return ORT_API_VERSION; }, "ORT_API_VERSION of the headers this was built against");
   m.def("runtime_version", [] { return std::string(Ort::GetVersionString()); }, "version of the loaded libonnxruntime");

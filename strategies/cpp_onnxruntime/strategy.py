@@ -105,7 +105,15 @@ class CppOnnxRuntime(Strategy):
             build.ort_library()
         except build.BuildError as e:
             return Availability(False, str(e))
+        if build.ort_version_ok():
+            return Availability(False, build.ort_version_ok())
         return Availability(True)
+
+    def load_runtime(self) -> None:
+        """The runtime here is the wheel's libonnxruntime and the compiled caller (built at prepare)."""
+        from strategies.cpp_onnxruntime import build
+
+        build.load()
 
     def check_settings(self, settings) -> None:
         check_ort_settings(settings)

@@ -36,10 +36,11 @@ def export_failure(e: Exception) -> ExportError:
 
 
 def exporter_id() -> str:
-    """What decides the exported file besides the model: this module and the exporters' versions.
+    """What decides the chosen file besides the model: this module, the exporters' versions and the
+    ONNX Runtime the variants were checked and timed on.
     Routes that run the file put it in their runtime versions, so their caches follow it."""
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for dist in ("torch", "onnx", "onnxscript"):
+    for dist in ("torch", "onnx", "onnxscript", "onnxruntime"):  # ORT: the selection checked and timed on it
         h.update(f"{dist}={package_version(dist)}".encode())
     return h.hexdigest()[:16]
 
@@ -303,13 +304,13 @@ def export_into(model: ModelHandle, out_dir: Path, cache_root: Path) -> dict:
         try:
             info = select_variant(model, tmp)
             (tmp / INFO_FILE).write_text(json.dumps(info))
-            if shared.exists():  # another process got there first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
+            try:
                 os.replace(tmp, shared)
-        except BaseException:
+            except OSError:  # another process renamed its finished selection into place first
+                if not (shared / INFO_FILE).exists():
+                    raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
     for src in sorted(shared.rglob("*")):
         dst = out_dir / src.relative_to(shared)
         if src.is_dir():

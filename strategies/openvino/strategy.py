@@ -125,9 +125,11 @@ def compile_config(options: SessionOptions) -> dict[str, Any]:
     if callers == 1:
         config |= {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     else:
-        # Parity with the other runtimes, where each of N callers runs its call on `threads` intra-op
-        # threads at once: N streams of `threads` threads (INFERENCE_NUM_THREADS is the total over
-        # all streams). With fewer streams the requests would queue behind each other.
+        # N streams of `threads` threads (INFERENCE_NUM_THREADS is the total over all streams), so N
+        # callers run at once, as with torch, whose OpenMP gives each caller its own team. ONNX
+        # Runtime's callers share one session's intra-op pool instead, so at threads >= 2 this gives
+        # OpenVINO more threads than ORT under load; at one thread (the default) every route runs N
+        # calls on N threads. With fewer streams the requests would queue behind each other.
         config |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": callers, "INFERENCE_NUM_THREADS": threads * callers,
                    "PERFORMANCE_HINT_NUM_REQUESTS": callers}
     return config
@@ -196,7 +198,8 @@ class OpenVinoSession(Session):
             "hint": a["hint"],
             "streams": a["streams"],
             "threads": a["threads"],
-            "streams_rule": "1 caller: LATENCY, 1 stream; N callers: THROUGHPUT, N streams of the cell's threads each",
+            "streams_rule": "1 caller: LATENCY, 1 stream; N callers: THROUGHPUT, N streams of the cell's threads each "
+                            "(OpenVINO caps them at one per core)",
             "infer_requests": f"one per calling thread ({self._callers} caller(s))",
             "precision": a["precision"],
             "cpu_pinning": a["cpu_pinning"],
