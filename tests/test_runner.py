@@ -97,11 +97,13 @@ def test_bring_your_own_model_from_the_command_line(tmp_path: Path):
         assert set(r["correctness"]["outputs"]) == {"score", "norm"}  # names from the model's dict
 
 
-def test_export_failure_fails_only_that_strategys_cells(tmp_path: Path):
+def _byom_config(tmp_path: Path, models: list[str], strategies: list[str], name: str, factory: str) -> Path:
+    """A config with one bring-your-own model ``name`` (x:float32[batch,4]), batch 2, one caller,
+    tiny budgets, no payload sweep."""
     cfg = tmp_path / "bench.toml"
-    cfg.write_text("""
-models = ["dd", "mlp"]
-strategies = ["torch", "onnxruntime"]
+    cfg.write_text(f"""
+models = {json.dumps(models)}
+strategies = {json.dumps(strategies)}
 batch_sizes = [2]
 concurrency = [1]
 [payload_sweep]
@@ -111,10 +113,15 @@ warmup_s = 0.02
 min_time_s = 0.05
 max_time_s = 0.1
 [[model]]
-name = "dd"
-factory = "tests.byom_models:make_data_dependent"
+name = "{name}"
+factory = "{factory}"
 inputs = "x:float32[batch,4]"
 """)
+    return cfg
+
+
+def test_export_failure_fails_only_that_strategys_cells(tmp_path: Path):
+    cfg = _byom_config(tmp_path, ["dd", "mlp"], ["torch", "onnxruntime"], "dd", "tests.byom_models:make_data_dependent")
     p = run_bench("run", "--config", str(cfg), "--out", str(tmp_path), "--run-id", "e", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     cells = _cells(tmp_path / "e")
@@ -130,23 +137,8 @@ def test_custom_operator_fails_each_route_that_cannot_run_it_in_its_own_words(tm
     """A model with a team's own operator: eager torch runs it; each route that cannot says why in one
     line (the ONNX exporter, ExecuTorch's lowering, LibTorch without Python's op registry); the
     others go on."""
-    cfg = tmp_path / "bench.toml"
-    cfg.write_text("""
-models = ["co"]
-strategies = ["torch", "onnxruntime", "cpp-onnxruntime", "openvino", "executorch", "libtorch-ts"]
-batch_sizes = [2]
-concurrency = [1]
-[payload_sweep]
-sizes = []
-[sampling]
-warmup_s = 0.02
-min_time_s = 0.05
-max_time_s = 0.1
-[[model]]
-name = "co"
-factory = "tests.byom_models:make_custom_op"
-inputs = "x:float32[batch,4]"
-""")
+    cfg = _byom_config(tmp_path, ["co"], ["torch", "onnxruntime", "cpp-onnxruntime", "openvino", "executorch", "libtorch-ts"],
+                       "co", "tests.byom_models:make_custom_op")
     p = run_bench("run", "--config", str(cfg), "--out", str(tmp_path), "--run-id", "c", "--no-report", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     cells = {r["cell"]["strategy"]: r for r in RunDir(tmp_path / "c").load_cells()}
