@@ -19,7 +19,7 @@ from typing import Any
 
 import strategies
 from bench import allocator
-from bench.cache import default_cache_dir, reference_path
+from bench.cache import default_cache_dir, reference_path, sweep_stale, sweep_temp
 from bench.config import RunConfig
 from bench.errors import UserError
 from bench.processes import die_with_parent, kill_group
@@ -244,6 +244,10 @@ class Runner:
         if outcome.skipped_existing:
             self.progress.note(f"resuming: {outcome.skipped_existing} cells already measured, {len(pending)} to go")
 
+        for stale in sweep_stale(self.cache):
+            self.progress.note(f"removed a half-built artifact of a builder that died: {stale}")
+        for stale in sweep_temp():
+            self.progress.note(f"removed a temporary folder of a process that died: {stale}")
         strategies.discover(self.cfg.plugins)
         strats = {name: strategies.get(name) for name in dict.fromkeys(c.strategy for c in pending)}
         avail = {name: s.available() for name, s in strats.items()}

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -80,9 +79,10 @@ class GrpcSession(Session):
             raise
 
     def _start_server(self, model: ModelHandle, options: SessionOptions) -> str:
+        from bench.cache import temp_dir
         from bench.processes import die_with_parent
 
-        self.tmp = Path(tempfile.mkdtemp(prefix="grpc-server-"))
+        self.tmp = temp_dir("grpc-server")  # the server's socket, port file and log; swept if this worker dies
         spec_file, port_file, log = self.tmp / "spec.json", self.tmp / "port.json", self.tmp / "server.log"
         spec_file.write_text(json.dumps(model.spec.to_json()))
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-spec", str(spec_file), "--seed", str(model.seed),
