@@ -15,12 +15,13 @@ from typing import Any, NoReturn
 import strategies
 from bench.config import PROFILES, build_config, format_size, load_config_file, make_custom_model
 from bench.errors import UserError
-from bench.results import RunDir, resolve_run
+from bench.results import RunDir, RunLock, check_run_id, resolve_run
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2
-        raise UserError(f"{message} (see `python -m bench {self.prog.split()[-1]} --help`)")
+        command = " ".join(self.prog.split()[1:])  # prog is "bench" or "bench run"
+        raise UserError(f"{message} (see `python -m bench{' ' + command if command else ''} --help`)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,7 +200,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _new_run_dir(root: Path, run_id: str | None) -> RunDir:
-    base = run_id or datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = check_run_id(run_id) if run_id is not None else datetime.now().strftime("%Y%m%d-%H%M%S")
     if run_id and (root / run_id).exists():
         raise UserError(f"results folder {root / run_id} already exists; use --resume {root / run_id} to finish it")
     path, n = root / base, 1
@@ -210,6 +211,16 @@ def _new_run_dir(root: Path, run_id: str | None) -> RunDir:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    held: list[RunLock] = []
+    try:
+        return _run(args, held)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
+    """``bench run``, holding the run folder's lock (in ``held``) until cmd_run returns."""
     from bench import environment
     from bench.config import RunConfig
     from bench.runner import Runner, build_matrix, kill_current, parse_shard, shard_cells
@@ -219,7 +230,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if given:
             raise UserError(f"--resume reuses the run's own matrix; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
         run = resolve_run(args.resume, args.out)
+        held.append(run.lock())  # before reading the run: another process may be writing it
         meta = run.meta()
+        if not isinstance(meta.get("config"), dict):
+            raise UserError(f"{run.path / 'run.json'} holds no run config; it cannot be resumed")
         cfg = RunConfig.from_json(meta["config"])
         args.shard = meta.get("shard")
         strategies.discover(cfg.plugins)
@@ -244,6 +258,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     versions = {name: strategies.get(name).runtime_versions() for name in dict.fromkeys(c.strategy for c in cells)}
     if not args.resume:
         run.path.mkdir(parents=True, exist_ok=True)
+        held.append(run.lock())
+        if run.exists():  # another process made it between our check and our lock
+            raise UserError(f"results folder {run.path} already exists; use --resume {run.path} to finish it")
         meta = {"run_id": run.id, "status": "running", "config": cfg.to_json(), "environment": environment.collect(versions),
                 "cells": [c.to_json() for c in cells], "started": time.time(), "shard": args.shard}
         run.write_meta(meta)
@@ -285,12 +302,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     print(f"{outcome.ran} cells run ({counts or 'none'}), {outcome.skipped_existing} kept from before", file=sys.stderr)
     status = 0
+    results = run.load_cells(samples=False)
     if args.strict:
-        bad = [r for r in run.load_cells(samples=False) if r["status"] != "ok"]
+        bad = [r for r in results if r["status"] != "ok"]
         for r in bad:
             print(f"strict: {r['cell']['id']} is {r['status']}: {(r.get('error') or '').splitlines()[0] if r.get('error') else ''}",
                   file=sys.stderr)
         status = 1 if bad else 0
+    if not any(r["status"] == "ok" for r in results):  # a CI job must not pass having measured nothing
+        kinds = {}
+        for r in results:
+            kinds[r["status"]] = kinds.get(r["status"], 0) + 1
+        print(f"error: no cell of run {run.id} was measured validly "
+              f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items())) or 'no cells'}); see {run.path}", file=sys.stderr)
+        status = 1
     if baseline is not None:
         status = max(status, _gate(baseline, run, cfg, args))
     return status
@@ -421,6 +446,8 @@ def _report(cmp: Any, json_path: Path | None) -> int:
     print(format_comparison(cmp))
     if json_path:
         atomic_write_json(json_path, cmp.to_json())
+    if not cmp.changes and not cmp.broken:  # a gate that compared nothing must not pass
+        raise UserError(f"runs {cmp.base} and {cmp.new} have no validly measured cell in common: nothing was compared")
     return 1 if cmp.failed else 0
 
 
@@ -502,7 +529,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args, extra = _parser().parse_known_args(argv)
+        if extra:  # named against the subcommand they were given to, whose --help lists its flags
+            raise UserError(f"unrecognized arguments: {' '.join(extra)} (see `python -m bench {args.command} --help`)")
         return {"run": cmd_run, "report": cmd_report, "list": cmd_list, "compare": cmd_compare,
                 "merge": cmd_merge, "export": cmd_export, "history": cmd_history, "trend": cmd_trend}[args.command](args)
     except UserError as e:

@@ -36,6 +36,8 @@ Config file (TOML), every key optional::
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import re
 import tomllib
@@ -80,20 +82,61 @@ PROFILES: dict[str, dict[str, Any]] = {
 TOP_KEYS = {"profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
             "payload_sweep", "sampling", "strategy", "model", "cpus", "malloc"}
 MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description"}
+PAYLOAD_SWEEP_KEYS = {"sizes", "strategies"}
+# Caps on what one cell may ask for: past them a typo (a batch of 1000000000) would exhaust memory or
+# run for days before anything useful happened, so they are refused before any cell runs.
+MAX_BATCH = 65_536
+MAX_CALL_BYTES = 4 * 1024**3  # the inputs of one call (and one payload-sweep size)
+MAX_THREADS = 1024  # intra-op threads, and concurrent callers
+MAX_TIME_S = 86_400.0  # any one sampling time
+MAX_COUNT = 10_000_000  # sampling counts (warm-up calls, samples)
+# the `bench run` flags that set [sampling] keys, named in their errors
+SAMPLING_FLAGS = {"warmup_s": "--warmup", "min_time_s": "--min-time", "max_time_s": "--max-time",
+                  "target_rel_ci": "--target-ci", "concurrency_s": "--concurrency-time"}
+# [sampling] keys: (minimum, whether the minimum itself is allowed, an integer count)
+_SAMPLING_RULES: dict[str, tuple[float, bool, bool]] = {
+    "warmup_s": (0.0, True, False),  # 0: warm up by warmup_calls alone
+    "warmup_calls": (0, True, True),  # 0 (with warmup_s 0): no warm-up
+    "min_time_s": (0.0, True, False),  # 0: stop as soon as the median is stable
+    "max_time_s": (0.0, False, False),
+    "min_samples": (1, True, True),
+    "max_samples": (1, True, True),
+    "target_rel_ci": (0.0, True, False),  # 0: never stop early, sample for max_time_s
+    "round_s": (0.0, False, False),
+    "concurrency_s": (0.0, False, False),
+    "tail_quantile": (0.0, True, False),  # 0: off; else below 1 (checked below)
+    "tail_target_rel_ci": (0.0, True, False),
+}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def unknown_keys(where: str, given: Any, known: Any) -> None:
+    """One line naming the unknown keys, the nearest known key to each, and the known keys."""
+    unknown = sorted(str(k) for k in set(given) - set(known))
+    if not unknown:
+        return
+    near = {k: m[0] for k in unknown if (m := difflib.get_close_matches(k, sorted(known), n=1))}
+    if len(unknown) == 1 and near:
+        hint = f"; did you mean {near[unknown[0]]!r}?"
+    else:
+        hint = f"; did you mean {', '.join(f'{m!r} for {k!r}' for k, m in near.items())}?" if near else ""
+    allowed = f"allowed: {sorted(known)}" if known else "it takes no settings"
+    raise UserError(f"{where} has unknown keys {unknown}{hint} ({allowed})")
 
 
 def parse_size(value: str | int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
-        m = _SIZE_RE.match(str(value))
+        m = _SIZE_RE.match(str(value)[:40])
         if not m:
             raise UserError(f"payload size {value!r} is not a size like '1KiB', '16MiB' or a byte count")
         n = int(m[1]) * _UNITS[m[2].lower() if m[2] else None]
     if n < IDENTITY_ROW_BYTES or n % IDENTITY_ROW_BYTES:
         raise UserError(f"payload size {value!r} must be a positive multiple of {IDENTITY_ROW_BYTES} bytes (one identity row)")
+    if n > MAX_CALL_BYTES:
+        raise UserError(f"payload size {value!r} is over the cap of {format_size(MAX_CALL_BYTES)}")
     return n
 
 
@@ -140,40 +183,66 @@ class RunConfig:
         return cls(**d)
 
 
-def _int_list(key: str, value: Any, minimum: int = 1) -> list[int]:
+def _int_list(key: str, value: Any, minimum: int = 1, maximum: int | None = None) -> list[int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, str):
-        try:
-            value = [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise UserError(f"{key}: {value!r} is not a comma-separated list of integers") from None
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(re.fullmatch(r"[-+]?\d{1,18}", v, re.ASCII) for v in parts):
+            raise UserError(f"{key}: {value[:80]!r} is not a comma-separated list of integers")
+        value = [int(v) for v in parts]
     if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
         raise UserError(f"{key} must be a non-empty list of integers, got {value!r}")
     bad = [v for v in value if v < minimum]
     if bad:
         raise UserError(f"{key} must be >= {minimum}, got {bad}")
+    bad = [v for v in value if maximum is not None and v > maximum]
+    if bad:
+        raise UserError(f"{key} must be <= {maximum} (the harness's cap), got {bad}")
     return sorted(set(value))
 
 
+def _finite(x: Any) -> bool:
+    """A real number: an int (not a bool) within 64 bits, as TOML has them, or a finite float."""
+    return (isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2**63
+            or isinstance(x, float) and math.isfinite(x))
+
+
+def _compact(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'"""
+    out: list[str] = []
+    for c in cpus:
+        if out and c == int(out[-1].rsplit("-", 1)[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
 def parse_cpus(value: Any) -> list[int]:
-    """``"1"``, ``"0-3"``, ``"1,3-5"`` or a list of ints; checked against the CPUs this process may use."""
+    """``"1"``, ``"0-3"``, ``"1,3-5"`` or a list of ints; checked against the CPUs this process may use.
+    A range is checked by its bounds before it is expanded, so ``0-99999999999`` costs nothing."""
+    allowed = sorted(os.sched_getaffinity(0))
     if isinstance(value, str):
         cpus: list[int] = []
         for part in [p.strip() for p in value.split(",") if p.strip()]:
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            m = re.fullmatch(r"(\d{1,18})(?:-(\d{1,18}))?", part, re.ASCII)
             if not m or (m[2] and int(m[2]) < int(m[1])):
-                raise UserError(f"cpus: {part!r} is not a CPU number or range like 0-3")
-            cpus += range(int(m[1]), int(m[2] or m[1]) + 1)
+                raise UserError(f"cpus: {part[:40]!r} is not a CPU number or range like 0-3")
+            lo, hi = int(m[1]), int(m[2] or m[1])
+            if hi > allowed[-1]:
+                beyond = f"[{lo}]" if lo == hi else f"[{max(lo, allowed[-1] + 1)}-{hi}]"
+                raise UserError(f"cpus {beyond} are not available to this process (available: {_compact(allowed)})")
+            cpus += range(lo, hi + 1)
         value = cpus
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
         raise UserError(f"cpus must be a list of CPU numbers or a string like '1-3', got {value!r}")
-    allowed = sorted(os.sched_getaffinity(0))
     bad = sorted(set(value) - set(allowed))
     if bad:
-        raise UserError(f"cpus {bad} are not available to this process (available: {allowed})")
+        shown = str(bad) if len(bad) <= 8 else f"[{', '.join(map(str, bad[:8]))}, ...]"
+        raise UserError(f"cpus {shown} are not available to this process (available: {_compact(allowed)})")
     return sorted(set(value))
 
 
@@ -188,9 +257,7 @@ def _str_list(key: str, value: Any) -> list[str]:
 def _model_from_table(t: Any) -> ModelSpec:
     if not isinstance(t, dict):
         raise UserError(f"[[model]] entries must be tables, got {t!r}")
-    unknown = set(t) - MODEL_KEYS
-    if unknown:
-        raise UserError(f"[[model]] has unknown keys {sorted(unknown)}; allowed: {sorted(MODEL_KEYS)}")
+    unknown_keys("[[model]]", t, MODEL_KEYS)
     for k in ("name", "factory", "inputs"):
         if k not in t:
             raise UserError(f"[[model]] {t.get('name', '?')!r} is missing {k!r}")
@@ -198,14 +265,24 @@ def _model_from_table(t: Any) -> ModelSpec:
     if isinstance(inputs, str):
         specs = parse_input_spec(inputs)
     elif isinstance(inputs, list) and inputs:
-        try:
-            specs = tuple(TensorSpec(**{**i, "shape": tuple(i["shape"])}) for i in inputs)
-        except (TypeError, KeyError) as e:
-            raise UserError(f"[[model]] {t['name']!r}: each input needs name, dtype, shape ({e})") from e
+        specs = tuple(_input_from_table(t["name"], i) for i in inputs)
     else:
         raise UserError(f"[[model]] {t['name']!r}: inputs must be a spec string or a list of tables")
     return make_custom_model(str(t["name"]), str(t["factory"]), specs, t.get("outputs", ()),
                              t.get("atol", 1e-4), t.get("rtol", 1e-3), t.get("description", ""))
+
+
+def _input_from_table(model: Any, i: Any) -> TensorSpec:
+    where = f"[[model]] {model!r}: an input"
+    if not isinstance(i, dict):
+        raise UserError(f"{where} must be a table with name, dtype, shape, got {i!r}")
+    unknown_keys(where, i, [f.name for f in dataclasses.fields(TensorSpec)])
+    missing = [k for k in ("name", "dtype", "shape") if k not in i]
+    if missing:
+        raise UserError(f"{where} is missing {missing}")
+    if not isinstance(i["shape"], list):
+        raise UserError(f"{where}: shape must be a list of dimensions, got {i['shape']!r}")
+    return TensorSpec(**{**i, "shape": tuple(i["shape"])})
 
 
 def make_custom_model(name: str, factory: str, inputs: tuple[TensorSpec, ...], outputs: Any = (),
@@ -214,11 +291,15 @@ def make_custom_model(name: str, factory: str, inputs: tuple[TensorSpec, ...], o
         raise UserError(f"model name {name!r} may hold only letters, digits, '_', '-' and '.'")
     if name in BUILTIN_MODELS:
         raise UserError(f"model name {name!r} is a built-in model; choose another name")
-    if not all(isinstance(x, (int, float)) and x >= 0 for x in (atol, rtol)):
-        raise UserError(f"model {name!r}: atol and rtol must be non-negative numbers")
+    if not all(_finite(x) and x >= 0 for x in (atol, rtol)):
+        raise UserError(f"model {name!r}: atol and rtol must be finite non-negative numbers, got {atol!r} and {rtol!r}")
     if not any("batch" in t.shape for t in inputs):
         raise UserError(f"model {name!r}: no input has a 'batch' dimension")
-    return ModelSpec(name, factory, inputs, tuple(_str_list("outputs", list(outputs))), float(atol), float(rtol),
+    if not isinstance(description, str):
+        raise UserError(f"model {name!r}: description must be a string, got {description!r}")
+    if isinstance(outputs, tuple):
+        outputs = list(outputs)
+    return ModelSpec(name, factory, inputs, tuple(_str_list("outputs", outputs)), float(atol), float(rtol),
                      description or f"user model from {factory}")
 
 
@@ -229,17 +310,33 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = set(data) - TOP_KEYS
-    if unknown:
-        raise UserError(f"config file {path}: unknown keys {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    unknown_keys(f"config file {path}", data, TOP_KEYS)
     return data
+
+
+def _sampling_value(k: str, v: Any) -> float | int:
+    """One [sampling] value, checked: a finite number in its range (an integer for counts)."""
+    minimum, inclusive, count = _SAMPLING_RULES.get(k, (0.0, True, False))
+    kind = "an integer" if count else "a finite number"
+    name = f"sampling.{k}" + (f" ({SAMPLING_FLAGS[k]})" if k in SAMPLING_FLAGS else "")
+    if not _finite(v):
+        raise UserError(f"{name} must be {kind}, got {v!r}")
+    if count and v != int(v):
+        raise UserError(f"{name} must be an integer, got {v!r}")
+    if v < minimum or (v == minimum and not inclusive):
+        raise UserError(f"{name} must be {'>=' if inclusive else '>'} {minimum:g}, got {v!r}")
+    cap = MAX_COUNT if count else MAX_TIME_S if k.endswith("_s") else None
+    if cap is not None and v > cap:
+        raise UserError(f"{name} must be <= {cap:g} (the harness's cap), got {v!r}")
+    return int(v) if count else float(v)
 
 
 def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available_strategies: list[str]) -> RunConfig:
     """Profile <- file <- flags. ``overrides`` holds only the flags the user gave."""
+    unknown_keys("the config", file_data, TOP_KEYS)
     merged = {**file_data, **{k: v for k, v in overrides.items() if v is not None and k != "strategy_settings"}}
     profile = merged.get("profile", "default")
-    if profile not in PROFILES:
+    if not isinstance(profile, str) or profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}; available: {', '.join(PROFILES)}")
     base = PROFILES[profile]
     cfg = RunConfig(profile=profile)
@@ -261,9 +358,14 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     for s in cfg.strategies:
         if s not in available_strategies:
             raise UserError(f"unknown strategy {s!r}; available: {', '.join(available_strategies)}")
-    cfg.batch_sizes = _int_list("batch_sizes", merged.get("batch_sizes", base["batch_sizes"]))
-    cfg.threads = _int_list("threads", merged.get("threads", base["threads"]))
-    cfg.concurrency = _int_list("concurrency", merged.get("concurrency", base["concurrency"]))
+    cfg.batch_sizes = _int_list("batch_sizes", merged.get("batch_sizes", base["batch_sizes"]), maximum=MAX_BATCH)
+    for m in cfg.models:
+        spec = cfg.model_spec(m)
+        if (big := spec.input_bytes(max(cfg.batch_sizes))) > MAX_CALL_BYTES:
+            raise UserError(f"model {m!r} at batch {max(cfg.batch_sizes)} takes {big / 1024**3:,.1f} GiB of inputs a call, "
+                            f"over the cap of {format_size(MAX_CALL_BYTES)}; use smaller batch sizes")
+    cfg.threads = _int_list("threads", merged.get("threads", base["threads"]), maximum=MAX_THREADS)
+    cfg.concurrency = _int_list("concurrency", merged.get("concurrency", base["concurrency"]), maximum=MAX_THREADS)
     seed = merged.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
@@ -283,8 +385,9 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     cfg.malloc = list(dict.fromkeys(cfg.malloc))
 
     sweep = file_data.get("payload_sweep", {})
-    if not isinstance(sweep, dict) or set(sweep) - {"sizes", "strategies"}:
-        raise UserError("[payload_sweep] takes only 'sizes' and 'strategies'")
+    if not isinstance(sweep, dict):
+        raise UserError("[payload_sweep] must be a table with 'sizes' and 'strategies'")
+    unknown_keys("[payload_sweep]", sweep, PAYLOAD_SWEEP_KEYS)
     sizes = overrides.get("payload_sizes")
     if sizes is None:
         sizes = sweep.get("sizes", base["payload_sizes"])
@@ -303,19 +406,16 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     sampling = file_data.get("sampling", {})
     if not isinstance(sampling, dict):
         raise UserError("[sampling] must be a table")
-    fields_ = {f.name: f for f in dataclasses.fields(SamplingConfig)}
-    unknown = set(sampling) - set(fields_)
-    if unknown:
-        raise UserError(f"[sampling] has unknown keys {sorted(unknown)}; allowed: {sorted(fields_)}")
+    unknown_keys("[sampling]", sampling, [f.name for f in dataclasses.fields(SamplingConfig)])
     values = {**base["sampling"].to_json(), **sampling, **(overrides.get("sampling") or {})}
-    for k, v in values.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
-            raise UserError(f"sampling.{k} must be a non-negative number, got {v!r}")
+    values = {k: _sampling_value(k, v) for k, v in values.items()}
     if values["max_time_s"] < values["min_time_s"]:
         raise UserError("sampling.max_time_s must be >= sampling.min_time_s")
+    if values["max_samples"] < values["min_samples"]:
+        raise UserError("sampling.max_samples must be >= sampling.min_samples")
     if not values["tail_quantile"] < 1:
         raise UserError(f"sampling.tail_quantile must be 0 (off) or a fraction below 1 such as 0.99, got {values['tail_quantile']!r}")
-    cfg.sampling = SamplingConfig.from_json({k: type(getattr(SamplingConfig(), k))(v) for k, v in values.items()})
+    cfg.sampling = SamplingConfig.from_json(values)
 
     settings = file_data.get("strategy", {})
     if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
@@ -329,8 +429,12 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     import strategies
 
     for name, values in cfg.strategy_settings.items():
+        strategy = strategies.get(name)
+        declared = getattr(strategy, "settings_keys", None)  # None: the strategy does not say, so no check
+        if declared is not None:
+            unknown_keys(f"[strategy.{name}]", values, {*declared, *(f.key for f in strategy.cli_flags)})
         try:
-            strategies.get(name).check_settings(values)
+            strategy.check_settings(values)
         except ValueError as e:
             raise UserError(f"[strategy.{name}]: {e}") from e
     return cfg

@@ -14,6 +14,7 @@ Layout of ``results/<run-id>/``::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -103,9 +104,68 @@ class Cell:
                    d.get("malloc", ""))
 
 
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
+LOCK_FILE = ".lock"
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names one folder under the results root: a plain name, never a path."""
+    if not RUN_ID_RE.fullmatch(run_id) or ".." in run_id:
+        raise UserError(f"run id {run_id[:80]!r} must be a plain name: up to 128 letters, digits, '.', '_' and '-', "
+                        "starting with a letter or digit (no path separators or '..')")
+    return run_id
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as one process writes into it: ``.lock`` holds
+    the PID, locked with flock, so the lock dies with the process and a stale file is simply taken over."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def acquire(cls, folder: Path) -> RunLock:
+        path = folder / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UserError(f"run folder {folder} is in use by process {holder} (its lock: {path}); "
+                                "wait for it to finish or stop it") from None
+            try:  # the holder before us may have removed the file as we opened it: lock the one in place
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return cls(path, fd)
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked: whoever waits re-checks the file
+        os.close(self._fd)
+        self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    def lock(self) -> RunLock:
+        """Hold the folder for this process (UserError naming the PID that holds it, if one does)."""
+        return RunLock.acquire(self.path)
 
     @property
     def id(self) -> str:

@@ -189,6 +189,9 @@ class Strategy(ABC):
     prepare_hint: ClassVar[str] = ""
     #: extra `bench run` flags this strategy takes (values arrive in SessionOptions.settings)
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
+    #: the [strategy.NAME] keys this strategy takes besides its cli_flags' keys; a config naming any other
+    #: is refused (nearest key suggested). None: not declared, not checked.
+    settings_keys: ClassVar[tuple[str, ...] | None] = None
     #: modules the session's runtime needs: a cell imports them before open(), timed as the cold
     #: start's "runtime import" phase (open() then times loading the model, not importing libraries)
     runtime_modules: ClassVar[tuple[str, ...]] = ()

@@ -140,6 +140,7 @@ class _Clr(Strategy):
     needs_artifacts = True  # the compiled C# assembly, shared by every model
     prepare_hint = "the first one compiles the C# side with mcs, about a second"
     runtime_modules = ("pythonnet", "clr_loader")  # loading the CLR itself is open()'s
+    settings_keys = ()
 
     def available(self) -> Availability:
         from strategies.clr import build

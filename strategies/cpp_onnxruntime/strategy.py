@@ -87,6 +87,7 @@ class CppOnnxRuntime(Strategy):
     concurrent_calls = True
     prepare_hint = "the first one fetches ONNX Runtime's headers (npm) and compiles the C++ caller, about 20 s"
     cli_flags = (VARIANT_FLAG,)
+    settings_keys = ("spinning",)  # and `variant`, from VARIANT_FLAG
 
     def available(self) -> Availability:
         import shutil

@@ -327,6 +327,7 @@ class ExecuTorchSession(Session):
 @register
 class ExecuTorchXnnpack(Strategy):
     runtime_modules = ("torch", "executorch.extension.pybindings._C")
+    settings_keys = ()
     name = "executorch"
     summary = ("torch.export -> XNNPACK-lowered .pte (bounded dynamic batch) run by ExecuTorch's runtime "
                "(pybindings), inputs zero-copy, outputs copied")

@@ -187,6 +187,7 @@ class _Grpc(Strategy):
     transport: ClassVar[str] = "tcp"
     concurrent_calls = True
     runtime_modules = ("grpc",)  # the client's; the server's imports are part of starting it (open)
+    settings_keys = ("deadline_s", "max_message_bytes", "startup_timeout_s")  # and `target`, from TARGET_FLAG
 
     def available(self) -> Availability:
         for module, dist in (("grpc", "grpcio"), ("grpc_tools", "grpcio-tools"), ("grpc_health", "grpcio-health-checking")):

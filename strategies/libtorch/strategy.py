@@ -82,6 +82,7 @@ class LibtorchSession(Session):
 class _Libtorch(Strategy):
     kind: ClassVar[str]
     runtime_modules = ("torch",)
+    settings_keys = ()
     needs_artifacts = True
     concurrent_calls = True
     prepare_hint = "the first one compiles the C++ extension, about 30-60 s on two cores"

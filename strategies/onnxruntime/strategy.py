@@ -52,6 +52,7 @@ class OrtSession(Session):
 @register
 class OnnxRuntime(Strategy):
     runtime_modules = ("onnxruntime",)
+    settings_keys = ("spinning",)  # and `variant`, from VARIANT_FLAG
     name = "onnxruntime"
     summary = "the fastest correct ONNX export and ORT optimization level, on ONNX Runtime CPU, InferenceSession.run without copies"
     needs_artifacts = True

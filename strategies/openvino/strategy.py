@@ -219,6 +219,7 @@ class OpenVinoSession(Session):
 @register
 class OpenVino(Strategy):
     runtime_modules = ("openvino",)
+    settings_keys = ()
     name = "openvino"
     summary = "OpenVINO Runtime CPU: shared ONNX export -> IR, dynamic batch, f32, one infer request per caller"
     needs_artifacts = True

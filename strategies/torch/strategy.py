@@ -36,6 +36,7 @@ class TorchSession(Session):
 @register
 class TorchEager(Strategy):
     runtime_modules = ("torch",)
+    settings_keys = ()
     name = "torch"
     summary = "eager PyTorch in the calling process, inference mode, zero-copy NumPy<->tensor"
 

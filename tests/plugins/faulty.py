@@ -142,6 +142,7 @@ class _Delayed(TorchSession):
 class SlowTest(Strategy):
     name = "slow-test"
     summary = "test only: eager torch plus [strategy.slow-test] delay_us of busy-waiting per call"
+    settings_keys = ("delay_us",)
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return _Delayed(model, options.threads, float(options.settings.get("delay_us", 0)))
