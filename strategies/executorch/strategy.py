@@ -157,10 +157,8 @@ def lower(model: ModelHandle, out_dir: Path) -> dict[str, Any]:
     axes = _batch_axes(model)
     t0 = time.perf_counter()
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    dynamic = tuple({a: batch} if a is not None else {} for a in axes)
     try:
-        exported = torch.export.export(model.build(), args, dynamic_shapes=dynamic)
+        exported = torch.export.export(model.build(), args, dynamic_shapes=model.batch_dynamic_shapes(max_batch))
     except Exception as e:
         raise one_line_failure("export", e) from e
     t1 = time.perf_counter()

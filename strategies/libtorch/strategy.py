@@ -45,9 +45,7 @@ def export_aoti(model: ModelHandle, path: Path) -> None:
 
     spec = model.spec
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
-    batch = torch.export.Dim("batch", min=1)
-    dynamic = tuple({t.shape.index("batch"): batch} if "batch" in t.shape else {} for t in spec.inputs)
-    program = torch.export.export(model.build(), args, dynamic_shapes=dynamic)
+    program = torch.export.export(model.build(), args, dynamic_shapes=model.batch_dynamic_shapes())
     torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 

@@ -45,13 +45,6 @@ def exporter_id() -> str:
     return h.hexdigest()[:16]
 
 
-def _dynamic_batch_dims(model: ModelHandle):
-    import torch
-
-    batch = torch.export.Dim("batch", min=1)
-    return tuple({t.shape.index("batch"): batch} if "batch" in t.shape else {} for t in model.spec.inputs)
-
-
 def _graph_info(path: Path) -> dict:
     import onnx
 
@@ -74,7 +67,7 @@ def export_onnx(model: ModelHandle, path: Path) -> dict:
     try:
         program = torch.onnx.export(
             model.build(), args, dynamo=True, input_names=[t.name for t in spec.inputs],
-            output_names=list(spec.outputs), dynamic_shapes=_dynamic_batch_dims(model), optimize=True, verbose=False,
+            output_names=list(spec.outputs), dynamic_shapes=model.batch_dynamic_shapes(), optimize=True, verbose=False,
         )
     except Exception as e:
         raise export_failure(e) from e
