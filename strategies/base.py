@@ -197,6 +197,10 @@ class Strategy(ABC):
     prepare_hint: ClassVar[str] = ""
     #: extra `bench run` flags this strategy takes (values arrive in SessionOptions.settings)
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
+    #: NAME@VARIANT runs this strategy with ``settings[variant_key] = VARIANT``, so one run can put the
+    #: variants side by side as strategies of their own (e.g. clr-embed@mono beside clr-embed@coreclr)
+    variants: ClassVar[tuple[str, ...]] = ()
+    variant_key: ClassVar[str] = ""
     #: the [strategy.NAME] keys this strategy takes besides its cli_flags' keys; a config naming any other
     #: is refused (nearest key suggested). None: not declared, not checked.
     settings_keys: ClassVar[tuple[str, ...] | None] = None

@@ -81,22 +81,26 @@ def test_managed_heap_is_reported():
     assert 100_000 < heap < 2 << 30
 
 
-def test_crash_of_the_clr_fails_only_its_cell(tmp_path: Path):
-    require_strategy("clr-embed")
+@pytest.mark.parametrize("runtime", ["coreclr", "mono"])
+def test_crash_of_the_clr_fails_only_its_cell(tmp_path: Path, runtime: str):
+    require_strategy(f"clr-embed@{runtime}")
+    crash, ok_name = f"clr-crash-test@{runtime}", f"clr-embed@{runtime}"
     p = run_bench("run", "--plugin", "tests.plugins.faulty", "--models", "mlp", "--strategies",
-                  "clr-crash-test,clr-embed", "--batch-sizes", "2", "--concurrency", "1", "--payload-sizes", "none",
+                  f"{crash},{ok_name}", "--batch-sizes", "2", "--concurrency", "1", "--payload-sizes", "none",
                   "--out", str(tmp_path), "--run-id", "r", *FAST, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     cells = {json.loads(f.read_text())["cell"]["strategy"]: json.loads(f.read_text())
              for f in (tmp_path / "r" / "cells").glob("*.json")}
-    crashed, ok = cells["clr-crash-test"], cells["clr-embed"]
-    assert crashed["status"] == "error" and "worker died with signal" in crashed["error"], crashed.get("error")
-    assert "SIGABRT" in crashed["error"] and "Managed Stacktrace" in crashed["traceback"]  # Mono's own report
-    log = tmp_path / "r" / "logs" / "mlp__clr-crash-test__b2__t1__c1.log"
+    crashed, ok = cells[crash], cells[ok_name]
+    assert crashed["status"] == "error" and "worker died with signal SIGABRT" in crashed["error"], crashed.get("error")
+    # the runtime's own report of the crash: Mono's managed stack trace, or CoreCLR's FailFast report
+    assert ("Managed Stacktrace" if runtime == "mono" else "System.Environment.FailFast") in crashed["traceback"]
+    log = next((tmp_path / "r" / "logs").glob("mlp__clr-crash-test*.log"))
     assert "the CLR goes down mid-cell" in log.read_text(errors="replace")
     assert not list(tmp_path.glob("mono_crash.*")), "Mono dropped a crash file into the working directory"
     assert ok["status"] == "ok" and ok["memory"]["extra"]["clr_managed_heap"] > 0
     assert ok["session"]["clock"].startswith("Stopwatch inside the CLR")
+    assert ok["session"]["runtime"].startswith("Mono" if runtime == "mono" else ".NET 8")
 
 
 def test_missing_mono_is_reported_with_the_command_that_installs_it(tmp_path: Path):

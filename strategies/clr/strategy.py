@@ -1,6 +1,10 @@
-"""A .NET application calling the PyTorch model: Mono's CLR hosted in the worker through pythonnet,
-C# code (Runner.cs) holding its data in .NET arrays and calling the model through Python.Runtime
-under Py.GIL(), the "C# application embeds Python" pattern. The timing loop runs inside the CLR.
+"""A .NET application calling the PyTorch model: the CLR (CoreCLR .NET 8 by default, or Mono) hosted
+in the worker through pythonnet, C# code (Runner.cs) holding its data in .NET arrays and calling the
+model through Python.Runtime under Py.GIL(), the "C# application embeds Python" pattern. The timing
+loop and the concurrent callers run inside the CLR (ClosedLoop.cs).
+
+``ClrStrategy`` is the base of every clr-* strategy: the runtime setting (``--clr-runtime``, or
+NAME@mono / NAME@coreclr side by side), the shared build, and the closed loop in C# threads.
 
 `clr-embed` moves data across in bulk (pinned arrays, one memcpy each way through the buffer
 protocol); `clr-naive` converts element by element, as quick examples do."""
@@ -19,12 +23,38 @@ from strategies.base import (
     Arrays,
     Availability,
     CallTimings,
+    CliFlag,
+    LoadTimings,
     ModelHandle,
     Session,
     SessionOptions,
     Strategy,
     package_version,
 )
+
+RUNTIME_FLAG = CliFlag("--clr-runtime", "runtime",
+                       "the CLR of every clr-* strategy: coreclr (.NET 8, the default where installed) or mono; "
+                       "NAME@mono / NAME@coreclr in --strategies put both side by side", "coreclr|mono")
+
+
+def runtime_of(settings: Any) -> str:
+    from strategies.clr import build
+
+    return build.check_runtime(settings.get("runtime") or build.default_runtime())
+
+
+def closed_loop_in_clr(ib: Any, net_callers: list[Any], duration_s: float, warmup_s: float) -> tuple[LoadTimings, Any]:
+    """N C# threads, one per .NET caller (InteropBench.ICaller), calling back to back inside the CLR
+    (ClosedLoop.cs); pythonnet releases the GIL for the call, so no Python thread runs the model."""
+    from System import Array
+
+    arr = Array[ib.ICaller](net_callers)
+    res = ib.ClosedLoop.Run(arr, float(duration_s), float(warmup_s))
+    lat = np.empty(len(res.LatencyNs), dtype=np.int64)
+    if len(lat):
+        ib.ClosedLoop.CopyLongs(res.LatencyNs, lat.ctypes.data)
+    threads = {"managed": [int(t) for t in res.ManagedThreadIds], "native": [int(t) for t in res.NativeThreadIds]}
+    return LoadTimings(lat, float(res.WallS), str(res.Error or "")), threads
 
 
 def dotnet_tensors(ib: Any, arrays: list[np.ndarray]) -> Any:
@@ -45,7 +75,9 @@ class ClrSession(Session):
         from strategies.clr import build
         from strategies.torch.strategy import TorchSession
 
-        self._ib = build.load()
+        self.runtime = runtime_of(options.settings)
+        self._ib = build.load(self.runtime)
+        self.load_threads: dict[str, list[int]] = {}
         self._torch = TorchSession(model, options.threads)  # the Python side: eager torch, as `torch` runs it
         names = [t.name for t in model.spec.inputs]
         self.outputs = list(model.spec.outputs)
@@ -123,36 +155,70 @@ class ClrSession(Session):
         ns = ns.reshape(n, 4)
         return CallTimings(ns[:, 0].copy(), {p: ns[:, i + 1].copy() for i, p in enumerate(self.phases)})
 
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
+        """The callers are C# threads, each with its own .NET inputs, each taking the GIL per call."""
+        net = []
+        for _ in range(callers):
+            arrays = [np.array(inputs[n], order="C", copy=True) for n in self.names]
+            net.append(self.runner.NewCaller(self._invoke(dotnet_tensors, self._ib, arrays)))
+        timings, self.load_threads = self._invoke(closed_loop_in_clr, self._ib, net, duration_s, warmup_s)
+        return timings
+
     def memory_extra(self) -> dict[str, int]:
         return {"clr_managed_heap": int(self._ib.Runner.ManagedHeapBytes())}
 
     def describe(self) -> dict[str, Any]:
         from strategies.clr import build
 
-        return {"runtime": f"Mono {build.mono_version()} via pythonnet {package_version('pythonnet')}",
+        return {"runtime": f"{build.runtime_label(self.runtime)} via pythonnet {package_version('pythonnet')}",
+                "callers": "C# threads (ClosedLoop.cs), each taking the GIL per call",
                 "marshaling": "element by element" if self.naive else "bulk (pinned arrays, memcpy)",
                 "clock": f"Stopwatch inside the CLR, {1e9 / self.frequency:g} ns ticks",
-                "thread suspend": os.environ.get("MONO_THREADS_SUSPEND", "")}
+                **({"thread suspend": os.environ.get("MONO_THREADS_SUSPEND", "")} if self.runtime == "mono" else {})}
 
 
-class _Clr(Strategy):
-    naive: ClassVar[bool]
+class ClrStrategy(Strategy):
+    """The base of every clr-* strategy: which CLR, the C# build, and the runtime versions."""
+
     needs_artifacts = True  # the compiled C# assembly, shared by every model
-    prepare_hint = "the first one compiles the C# side with mcs, about a second"
+    prepare_hint = "the first one compiles the C# side with mcs, about two seconds"
     runtime_modules = ("pythonnet", "clr_loader")  # loading the CLR itself is open()'s
-    settings_keys = ()
+    settings_keys = ()  # and `runtime`, from RUNTIME_FLAG
+    cli_flags = (RUNTIME_FLAG,)
+    variants = ("coreclr", "mono")
+    variant_key = "runtime"
+
+    def fixed_runtime(self) -> str | None:
+        """The runtime this strategy's name fixes (NAME@mono), if it does."""
+        return self.name.partition("@")[2] or None
 
     def available(self) -> Availability:
         from strategies.clr import build
 
-        reason = build.missing()
+        reason = build.missing(self.fixed_runtime() or build.default_runtime())
         return Availability(not reason, reason)
+
+    def check_settings(self, settings: Any) -> None:
+        from strategies.clr import build
+
+        if settings.get("runtime") is not None:
+            build.check_runtime(settings["runtime"])
 
     def runtime_versions(self) -> dict[str, str]:
         from strategies.clr import build
 
-        return {"mono": build.mono_version(), "pythonnet": package_version("pythonnet"),
-                "torch": package_version("torch")}
+        runtime = self.fixed_runtime() or build.default_runtime()
+        versions = {"clr": build.runtime_label(runtime), "mono": build.mono_version(), "pythonnet": package_version("pythonnet")}
+        if build.coreclr_root() is not None:
+            versions["coreclr"] = build.coreclr_version()
+        return versions
+
+
+class _Clr(ClrStrategy):
+    naive: ClassVar[bool]
+
+    def runtime_versions(self) -> dict[str, str]:
+        return {**super().runtime_versions(), "torch": package_version("torch")}
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
         from strategies.clr import build
@@ -167,7 +233,7 @@ class _Clr(Strategy):
 @register
 class ClrEmbed(_Clr):
     name = "clr-embed"
-    summary = "C# on Mono calls torch through pythonnet (Py.GIL), bulk copies of pinned arrays, timed in the CLR"
+    summary = "C# (CoreCLR or Mono) calls torch through pythonnet (Py.GIL), bulk copies of pinned arrays, timed in the CLR"
     naive = False
 
 

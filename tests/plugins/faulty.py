@@ -85,8 +85,8 @@ class GrpcServerDies(Strategy):
 
 
 class _ClrFailsFast(Session):
-    """A real clr-embed session whose C# side calls Environment.FailFast on the 3rd call: the Mono
-    runtime itself goes down (the way an old Mono can crash), taking its worker process with it."""
+    """A real clr-embed session whose C# side calls Environment.FailFast on the 3rd call: the CLR
+    itself goes down (the way an old Mono can crash), taking its worker process with it."""
 
     def __init__(self, model: ModelHandle, options: SessionOptions) -> None:
         from strategies.clr.strategy import ClrSession
@@ -109,8 +109,10 @@ class _ClrFailsFast(Session):
 @register
 class ClrCrashTest(Strategy):
     name = "clr-crash-test"
-    summary = "test only: the Mono runtime fails fast mid-cell"
+    summary = "test only: the CLR fails fast mid-cell"
     needs_artifacts = True
+    variants = ("coreclr", "mono")
+    variant_key = "runtime"
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
         from strategies.clr import build
