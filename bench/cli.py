@@ -152,6 +152,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         state = "available" if a.ok else f"UNAVAILABLE: {a.reason}"
         print(f"  {name:<16} {state}")
         print(f"  {'':<16} {s.summary}")
+        if s.variants:
+            default = s.default_variant()
+            print(f"  {'':<16} {s.variant_key}" + (f" {default} by default" if default else "") + "; side by side: " + ", ".join(
+                f"{name}@{v}" + (f" [unavailable: {s.variant_reason(v)}]" if s.variant_reason(v) else "") for v in s.variants))
     for name, err in strategies.broken().items():
         print(f"  {name:<16} BROKEN: {err}")
     print("\nModels:")

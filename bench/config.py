@@ -358,6 +358,8 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
 
     cfg.strategies = _str_list("strategies", merged.get("strategies", available_strategies))
     for s in cfg.strategies:
+        if "@" in s and s.partition("@")[0] in available_strategies:
+            strategies.get(s)  # a known strategy with an unknown variant: its error names the variants
         if not strategies.known(s, available_strategies):
             raise UserError(f"unknown strategy {s!r}; available: {', '.join(available_strategies)}")
     cfg.batch_sizes = _int_list("batch_sizes", merged.get("batch_sizes", base["batch_sizes"]), maximum=MAX_BATCH)

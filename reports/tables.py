@@ -128,7 +128,8 @@ def terminal_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no cells)"
     policies = (df.malloc != "").any() if "malloc" in df else False
-    header = f"{'model':<12} {'strategy':<14} {'batch':>6} {'thr':>3} {'conc':>4} " + (f"{'malloc':<9}" if policies else "") \
+    w = max(14, *(len(str(s)) for s in df.strategy))  # variants (clr-onnxruntime@mono) are long names
+    header = f"{'model':<12} {'strategy':<{w}} {'batch':>6} {'thr':>3} {'conc':>4} " + (f"{'malloc':<9}" if policies else "") \
         + f"{'p50':>10} {'p99':>10} {'samples/s':>11} {'vs torch':>8} {'mem +MiB':>8}  status"
     lines = [header, "-" * len(header)]
     prev = None
@@ -141,7 +142,7 @@ def terminal_table(df: pd.DataFrame) -> str:
         if r.status in ("error", "skipped", "invalid") and r.error:
             status += ": " + str(r.error).splitlines()[0][:60]
         lines.append(
-            f"{r.model:<12} {r.strategy:<14} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "
+            f"{r.model:<12} {r.strategy:<{w}} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "
             + (f"{r.malloc:<9}" if policies else "") + f"{fmt_ms(r.p50_ms):>10} {fmt_ms(r.p99_ms) if pd.notna(r.p99_ms) else 'n/e':>10} {fmt_sig(r.throughput_sps):>11} "
             f"{fmt_ratio(r.vs_torch_p50):>8} {fmt_num(r.mem_added_mb, 1):>8}  {status}"
         )

@@ -215,6 +215,14 @@ class Strategy(ABC):
         """Versions of the runtimes this strategy uses; recorded with every result and in cache keys."""
         return {}
 
+    def default_variant(self) -> str:
+        """The variant a plain NAME runs (for `bench list`), if the strategy has variants."""
+        return ""
+
+    def variant_reason(self, variant: str) -> str:
+        """Why NAME@variant cannot run here ('' when it can, or when the strategy does not say)."""
+        return ""
+
     def check_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Raise ValueError (one line) for a setting this strategy cannot take, before any cell runs."""
 

@@ -198,6 +198,16 @@ class ClrStrategy(Strategy):
         reason = build.missing(self.fixed_runtime() or build.default_runtime())
         return Availability(not reason, reason)
 
+    def default_variant(self) -> str:
+        from strategies.clr import build
+
+        return f"{build.default_runtime()} ({build.runtime_label(build.default_runtime())})"
+
+    def variant_reason(self, variant: str) -> str:
+        from strategies.clr import build
+
+        return build.missing(variant)
+
     def check_settings(self, settings: Any) -> None:
         from strategies.clr import build
 

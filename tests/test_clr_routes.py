@@ -1,0 +1,95 @@
+"""The .NET routes without pythonnet in the call path (clr-onnxruntime, clr-capi) and what every
+clr-* strategy shares: CoreCLR beside Mono, and concurrent callers that are C# threads. Outputs
+against eager torch on every built-in model are in test_strategies.py (in this process, on the
+default runtime, CoreCLR) and in the quick run (every clr-* route also @mono, in worker processes)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.builtin import BUILTIN_MODELS
+from fixtures.loading import build_model, run_eager
+from strategies.base import ModelHandle, SessionOptions
+from tests.conftest import FAST, require_strategy, run_bench
+
+ROUTES = ["clr-embed", "clr-onnxruntime", "clr-capi"]
+
+
+def _open(name: str, model: str, tmp_path: Path, threads: int = 1):
+    strategy = require_strategy(name)
+    handle = ModelHandle(BUILTIN_MODELS[model], 0)
+    art = None
+    if strategy.needs_artifacts:
+        art = tmp_path / f"{name}-{model}"
+        art.mkdir()
+        strategy.prepare(handle, art)
+    return strategy.open(handle, art, SessionOptions(threads))
+
+
+@pytest.mark.parametrize("name", ROUTES)
+def test_concurrent_callers_are_clr_threads_and_python_never_calls_the_model(name: str, tmp_path: Path):
+    spec = BUILTIN_MODELS["mlp"]
+    x = ModelHandle(spec, 0).example_inputs(2)
+    with _open(name, "mlp", tmp_path) as session:
+        python_calls = []
+        session.run = lambda inputs: python_calls.append(threading.get_ident())  # type: ignore[method-assign]
+        load = session.run_load(x, 3, 0.3, 0.1)
+        assert not load.error and not python_calls, (load.error, python_calls)
+        assert len(load.latency_ns) > 30 and (load.latency_ns > 0).all() and 0.25 < load.wall_s < 1.0
+        threads = session.load_threads
+        # three threads of the CLR's own (managed ids from the CLR, distinct OS threads), none of them
+        # a Python thread: the harness's thread only waited in ClosedLoop.Run
+        assert len(set(threads["managed"])) == 3 and len(set(threads["native"])) == 3
+        python_native = {t.native_id for t in threading.enumerate()}
+        assert not python_native & set(threads["native"]), (python_native, threads)
+
+
+def test_clr_onnxruntime_binds_outputs_to_net_arrays_and_reports_its_phases(tmp_path: Path):
+    spec = BUILTIN_MODELS["transformer"]
+    x = ModelHandle(spec, 0).example_inputs(4)
+    expected = run_eager(build_model(spec, 0), spec, x)
+    with _open("clr-onnxruntime", "transformer", tmp_path) as session:
+        first = session.run(x)
+        timed = session.time_calls(x, 50)
+        again = session.run(x)
+        caller = session._caller(x)
+        assert caller.OutputsReused  # after the first call, ORT writes straight into .NET memory
+        for out in (first, again):
+            np.testing.assert_allclose(out["pooled"], expected["pooled"], atol=spec.atol, rtol=spec.rtol)
+        parts = sum(timed.phases_ns[p] for p in ("wrap_in", "run", "copy_out"))
+        assert (parts <= timed.latency_ns).all() and (timed.latency_ns - parts < 50_000).all()
+        assert np.median(timed.phases_ns["run"]) > 5 * np.median(timed.phases_ns["copy_out"])
+        d = session.describe()
+        assert "bound as Run's outputs" in d["outputs"] and "C API version" in d["library"]
+
+
+def test_onnx_runtime_errors_surface_with_ort_s_own_message(tmp_path: Path):
+    require_strategy("clr-onnxruntime")
+    from strategies.clr import build
+    from strategies.clr.strategy import ClrSession, runtime_of
+    from strategies.clr_onnxruntime.strategy import ort_library
+
+    ib = build.load(runtime_of({}))
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(RuntimeError, match=r"CreateSession failed \(ORT_INVALID_PROTOBUF\)"):
+        ClrSession._invoke(ib.OrtRunner, str(ort_library()), str(bad), 1, 99, True)
+    with pytest.raises(RuntimeError, match=r"ORT_NO_SUCHFILE"):
+        ClrSession._invoke(ib.OrtRunner, str(ort_library()), str(tmp_path / "missing.onnx"), 1, 99, True)
+    with pytest.raises(RuntimeError, match=r"cannot load the ONNX Runtime library"):
+        ClrSession._invoke(ib.OrtRunner, str(tmp_path / "libnothing.so"), str(bad), 1, 99, True)
+
+
+def test_a_wrong_runtime_is_refused_before_any_cell_runs(tmp_path: Path):
+    """A runtime that does not exist, by flag or by name, is one line and exit status 2."""
+    require_strategy("clr-onnxruntime")
+    p = run_bench("run", "--models", "mlp", "--strategies", "clr-onnxruntime", "--clr-runtime", "java",
+                  "--batch-sizes", "1", "--concurrency", "1", "--payload-sizes", "none", "--out", str(tmp_path),
+                  *FAST, cwd=tmp_path)
+    assert p.returncode == 2 and "runtime must be one of coreclr, mono" in p.stderr, p.stderr
+    p = run_bench("run", "--models", "mlp", "--strategies", "clr-onnxruntime@java", "--out", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 2 and "clr-onnxruntime@coreclr, clr-onnxruntime@mono" in p.stderr, p.stderr
