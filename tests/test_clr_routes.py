@@ -5,6 +5,7 @@ default runtime, CoreCLR) and in the quick run (every clr-* route also @mono, in
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -93,3 +94,42 @@ def test_a_wrong_runtime_is_refused_before_any_cell_runs(tmp_path: Path):
     assert p.returncode == 2 and "runtime must be one of coreclr, mono" in p.stderr, p.stderr
     p = run_bench("run", "--models", "mlp", "--strategies", "clr-onnxruntime@java", "--out", str(tmp_path), cwd=tmp_path)
     assert p.returncode == 2 and "clr-onnxruntime@coreclr, clr-onnxruntime@mono" in p.stderr, p.stderr
+
+
+def test_python_errors_under_the_c_api_carry_the_traceback_and_leave_the_gil_free(tmp_path: Path):
+    require_strategy("clr-capi")
+    from strategies.clr import build
+    from strategies.clr.strategy import ClrSession, runtime_of
+    from strategies.clr_capi.strategy import libpython
+
+    ib = build.load(runtime_of({}))
+    seen = []
+
+    def model(meta: str, *views: memoryview):
+        seen.append((meta, [type(v).__name__ for v in views], [v.readonly for v in views]))
+        if len(seen) == 2:
+            raise ValueError("boom from the model")
+        return (np.frombuffer(views[0], dtype=np.float32) * 2,)
+
+    runner = ib.CapiRunner(str(libpython()), id(model))
+    try:
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)
+        from System import Array, Int64, String
+
+        shapes = Array.CreateInstance(Array[Int64], 1)
+        shapes[0] = Array[Int64]([2, 3])
+        caller = runner.NewCaller(Array[String](["float32"]), shapes, Array[Int64]([x.ctypes.data]))
+        caller.CallOnce()
+        with pytest.raises(RuntimeError, match="ValueError: boom from the model") as err:
+            ClrSession._invoke(caller.CallOnce)
+        assert "Python traceback" in str(err.value) and "in model" in str(err.value)
+        caller.CallOnce()  # the GIL was given back on the error path: the runner still works
+        out = np.empty(6, dtype=np.float32)
+        caller.CopyOutput(0, out.ctypes.data)
+        np.testing.assert_array_equal(out, x.ravel() * 2)
+        # only metadata crossed as text; the data came as read-only memoryviews over .NET memory
+        meta, kinds, readonly = seen[0]
+        assert json.loads(meta) == [{"dtype": "float32", "shape": [2, 3]}]
+        assert kinds == ["memoryview"] and readonly == [True]
+    finally:
+        runner.Dispose()
