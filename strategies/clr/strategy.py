@@ -259,10 +259,10 @@ class ClrCallerSession(Session):
     OutputDType, OutputShape, CopyOutput), each holding one caller's own .NET inputs: clr-onnxruntime's
     and clr-capi's. Subclasses set ``phases`` and implement ``new_caller``."""
 
-    def __init__(self, model: ModelHandle, options: SessionOptions) -> None:
+    def __init__(self, model: ModelHandle, options: SessionOptions, runtime: str | None = None) -> None:
         from strategies.clr import build
 
-        self.runtime = runtime_of(options.settings)
+        self.runtime = runtime or runtime_of(options.settings)
         self._ib = build.load(self.runtime)
         self.names = [t.name for t in model.spec.inputs]
         self.outputs = list(model.spec.outputs)
@@ -315,9 +315,10 @@ class ClrCallerSession(Session):
         """n calls timed inside the CLR by Stopwatch: one crossing from Python for all of them."""
         caller = self._caller(inputs)
         raw = ClrSession._invoke(caller.TimeCalls, n)
-        ns = np.empty(4 * n, dtype=np.int64)
+        k = 1 + len(self.phases)  # each call: its latency, then its phases
+        ns = np.empty(k * n, dtype=np.int64)
         self._ib.ClosedLoop.CopyLongs(raw, ns.ctypes.data)
-        ns = ns.reshape(n, 4)
+        ns = ns.reshape(n, k)
         return CallTimings(ns[:, 0].copy(), {p: ns[:, i + 1].copy() for i, p in enumerate(self.phases)})
 
     def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
