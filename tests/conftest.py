@@ -19,7 +19,7 @@ os.environ[TAG] = str(os.getpid())
 
 QUICK_STRATEGIES = ["torch", "onnxruntime", "cpp-onnxruntime", "openvino", "executorch", "grpc", "grpc-naive", "grpc-uds",
                     "libtorch-ts", "libtorch-aoti", "clr-embed", "clr-naive", "clr-onnxruntime", "clr-capi",
-                    "clr-embed@mono", "clr-onnxruntime@mono", "clr-capi@mono"]
+                    "clr-grpc", "clr-grpc-uds", "clr-embed@mono", "clr-onnxruntime@mono", "clr-capi@mono"]
 QUICK_MODELS = ["mlp", "cnn", "transformer"]
 QUICK_PAYLOADS = ["1KiB", "64KiB", "1MiB"]
 

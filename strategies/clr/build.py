@@ -29,7 +29,7 @@ RUNTIMES = ("coreclr", "mono")
 
 #: the C# of every clr-* strategy, compiled together into one assembly (one CLR per process loads it once)
 SOURCES = ("clr/ClosedLoop.cs", "clr/Runner.cs", "clr_onnxruntime/OrtRunner.cs",
-           "clr_capi/CapiRunner.cs")
+           "clr_capi/CapiRunner.cs", "clr_grpc/GrpcClient.cs")
 
 
 def sources() -> list[Path]:
@@ -134,7 +134,7 @@ def build() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     cmd = ["mcs", "-target:library", "-unsafe", "-optimize+", "-nologo", f"-out:{tmp}",
-           f"-r:{python_runtime_dll()}", f"-r:{facades_dir() / 'netstandard.dll'}", "-r:System.Numerics",
+           f"-r:{python_runtime_dll()}", f"-r:{facades_dir() / 'netstandard.dll'}", "-r:System.Numerics", "-r:System.Net.Http",
            *map(str, sources())]
     print(" ".join(cmd), flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
