@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model-outputs", help="comma-separated output names")
     g.add_argument("--atol", type=float, default=1e-4)
     g.add_argument("--rtol", type=float, default=1e-3)
+    _decision_flags(r)
     s = r.add_argument_group("sampling budget (seconds)")
     for flag, key in (("--warmup", "warmup_s"), ("--min-time", "min_time_s"), ("--max-time", "max_time_s"),
                       ("--target-ci", "target_rel_ci"), ("--concurrency-time", "concurrency_s")):
@@ -105,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="render the HTML and Markdown report of a run")
     rep.add_argument("run", nargs="?", help="results folder or run id (default: the latest run)")
     rep.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
+    _decision_flags(rep)
 
     mrg = sub.add_parser("merge", help="combine the shards of one matrix into one run folder and report")
     mrg.add_argument("dest", type=Path, help="new results folder for the merged run")
@@ -123,6 +125,21 @@ def _parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="show strategies (with availability) and models")
     lst.add_argument("--plugin", action="append", default=None)
     return p
+
+
+def _decision_flags(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("decision (the reviewer's constraints; [decision] in the config)")
+    d.add_argument("--caller", help="the application's language: python, csharp, cpp or any (default: a block for each)")
+    d.add_argument("--python-at-deployment", metavar="yes|no", help="no: routes that need Python where the application runs are out")
+    d.add_argument("--memory-budget", metavar="SIZE", help="most memory a route may add, e.g. 500MB")
+    d.add_argument("--p99-budget", metavar="TIME", help="p99 latency budget, e.g. 10ms")
+    d.add_argument("--tie-within", metavar="FRACTION", help="leads under this are ties (default 5%%)")
+
+
+def _decision_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in (("caller", args.caller), ("python_at_deployment", args.python_at_deployment),
+                              ("memory_budget_mb", args.memory_budget), ("p99_budget_ms", args.p99_budget),
+                              ("tie_within", args.tie_within)) if v is not None}
 
 
 def _fraction(text: str) -> float:
@@ -152,6 +169,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         state = "available" if a.ok else f"UNAVAILABLE: {a.reason}"
         print(f"  {name:<16} {state}")
         print(f"  {'':<16} {s.summary}")
+        langs = ", ".join({"python": "Python", "csharp": "C#", "cpp": "C++", "any": "any (a network service)"}.get(x, x)
+                          for x in s.languages)
+        print(f"  {'':<16} callers: {langs}; Python at deployment: {'yes' if s.python_at_deployment else 'no'}; "
+              f"ships: {s.artifact}" + (f" (exporter: {s.exporter})" if s.exporter else "")
+              + ("" if s.concurrent_calls else "; one caller at a time"))
         if s.variants:
             default = s.default_variant()
             print(f"  {'':<16} {s.variant_key}" + (f" {default} by default" if default else "") + "; side by side: " + ", ".join(
@@ -183,7 +205,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile, "models": args.models, "strategies": args.strategies,
         "batch_sizes": args.batch_sizes, "threads": args.threads, "concurrency": args.concurrency,
         "payload_sizes": args.payload_sizes, "seed": args.seed, "cpus": args.cpus,
-        "malloc": args.malloc,
+        "malloc": args.malloc, "decision": _decision_overrides(args),
         "sampling": {k: getattr(args, k) for k in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci", "concurrency_s")
                      if getattr(args, k) is not None},
     }
@@ -265,7 +287,9 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
         held.append(run.lock())
         if run.exists():  # another process made it between our check and our lock
             raise UserError(f"results folder {run.path} already exists; use --resume {run.path} to finish it")
+        facts = {name.partition("@")[0]: strategies.get(name).facts() for name in versions}
         meta = {"run_id": run.id, "status": "running", "config": cfg.to_json(), "environment": environment.collect(versions),
+                "strategies": facts,
                 "cells": [c.to_json() for c in cells], "started": time.time(), "shard": args.shard}
         run.write_meta(meta)
     print(f"run {run.id}: {len(cells)} cells ({len(cfg.models)} models x {len(cfg.strategies)} strategies x "
@@ -523,10 +547,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from bench.constraints import check_constraints
     from reports import render
 
     run = resolve_run(args.run, args.out)
-    html, md = render(run)
+    constraints = _decision_overrides(args)
+    html, md = render(run, check_constraints(constraints) if constraints else None)
     print(f"report: {html.resolve()}\nmarkdown: {md.resolve()}")
     return 0
 

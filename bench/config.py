@@ -80,7 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 TOP_KEYS = {"profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
-            "payload_sweep", "sampling", "strategy", "model", "cpus", "malloc"}
+            "payload_sweep", "sampling", "strategy", "model", "cpus", "malloc", "decision"}
 MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description"}
 PAYLOAD_SWEEP_KEYS = {"sizes", "strategies"}
 # Caps on what one cell may ask for: past them a typo (a batch of 1000000000) would exhaust memory or
@@ -164,6 +164,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
+    decision: dict[str, Any] = field(default_factory=dict)  # the reviewer's constraints (reports.decision)
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.custom_models.get(name) or BUILTIN_MODELS[name]
@@ -420,6 +421,13 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     if not values["tail_quantile"] < 1:
         raise UserError(f"sampling.tail_quantile must be 0 (off) or a fraction below 1 such as 0.99, got {values['tail_quantile']!r}")
     cfg.sampling = SamplingConfig.from_json(values)
+
+    decision = file_data.get("decision", {})
+    if not isinstance(decision, dict):
+        raise UserError("[decision] must be a table")
+    from bench.constraints import check_constraints
+
+    cfg.decision = check_constraints({**decision, **(overrides.get("decision") or {})})
 
     settings = file_data.get("strategy", {})
     if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):

@@ -15,6 +15,8 @@ from bench import allocator
 from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import plots
+from reports.decision import LANGUAGE_NAMES, Block, Constraints, decide
+from reports.decision import to_json as decision_json
 from reports.tables import (
     BASELINE,
     allocator_flips,
@@ -60,6 +62,7 @@ class Report:
     subtitle: str
     warnings: list[str]
     sections: list[Section]
+    decision: dict[str, Any] = field(default_factory=dict)  # decision.json
 
 
 def _mb(v: float | None) -> str:
@@ -118,7 +121,7 @@ def _first_line(s: Any, n: int = 140) -> str:
     return s.splitlines()[0][:n] if s else ""
 
 
-def build(run: RunDir) -> Report:
+def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     meta = run.meta()
     env = meta.get("environment", {})
     cfg = meta.get("config", {})
@@ -170,8 +173,14 @@ def build(run: RunDir) -> Report:
     if env.get("git", {}).get("dirty"):
         warnings.append("The working tree had uncommitted changes when this run started.")
 
+    # -- decision by caller language ------------------------------------------------------------
+    constraints = Constraints.from_json(decision if decision is not None else cfg.get("decision"))
+    facts = _strategy_facts(meta, set(df_all.strategy))
+    blocks = decide(df_all, facts, constraints)
+    sections.append(_decision_section(blocks, constraints, facts, bool(policies)))
+
     # -- decision summary -----------------------------------------------------------------------
-    sec = Section("decision", "Decision summary")
+    sec = Section("decision", "Every strategy ranked")
     decs = decisions(df_all)
     if decs:
         sec.text.append(
@@ -441,5 +450,51 @@ def build(run: RunDir) -> Report:
         title="PyTorch integration strategies: benchmark report",
         subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_all)} cells "
                  f"({int(df_all.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
-        warnings=warnings, sections=sections,
+        warnings=warnings, sections=sections, decision=decision_json(blocks, constraints),
     )
+
+
+def _strategy_facts(meta: dict[str, Any], names: set[str]) -> dict[str, dict[str, Any]]:
+    """What each strategy is (languages, Python at deployment, artifact): as the run recorded it, else
+    (a run from before it did) as the registry says now."""
+    import strategies
+
+    facts = dict(meta.get("strategies") or {})
+    for name in {n.partition("@")[0] for n in names} | set(strategies.names()):  # the rest: "not measured in this run"
+        if name not in facts:
+            try:
+                facts[name] = strategies.get(name).facts()
+            except Exception:  # a plugin strategy not loaded here: decided as a Python route
+                facts[name] = {}
+    return facts
+
+
+def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict[str, dict[str, Any]],
+                      policies: bool) -> Section:
+    sec = Section("caller", "Decision by caller language")
+    sec.text.append("Per caller language, model and batch size, one caller: the strategies that language can call, "
+                    "ranked by median latency (p99, throughput and memory beside it); every other strategy with its "
+                    f"reason. Constraints: {constraints.describe()}. `=` marks a tie with the first.")
+    for b in blocks:
+        who = LANGUAGE_NAMES[b.caller]
+        cannot = sorted(n for n, f in facts.items() if f is not None and _cannot(f, b.caller))
+        rows = []
+        for c in b.cells:
+            ranked = "; ".join(("= " if r.tie_with_first else "") + f"{r.strategy} {fmt_ms(r.p50_ms)}"
+                               + (f" (p99 {fmt_ms(r.p99_ms)})" if r.p99_ms is not None else "")
+                               + (f" [{r.note}]" if r.note else "") for r in c.eligible) or "-"
+            other = [f"{s}: {why}" for s, why in c.excluded if not _cannot(facts.get(s.partition("@")[0]) or {}, b.caller)]
+            rows.append([c.model, str(c.batch), str(c.threads)] + ([c.malloc] if policies else [])
+                        + [ranked, "; ".join(other) or "-"])
+            sec.text.append(f"From {who}, {c.model} batch {c.batch}" + (f", {c.malloc}" if policies else "")
+                            + f": {c.sentence()}.")
+        if cannot:
+            sec.text.append(f"A {who} application cannot call: {', '.join(cannot)}.")
+        sec.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
+                                + [f"{who}: ranked (p50)", "not ranked here, and why"], rows))
+    return sec
+
+
+def _cannot(f: dict[str, Any], caller: str) -> bool:
+    langs = f.get("languages") or ["python"]
+    return caller not in langs and "any" not in langs

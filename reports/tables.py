@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.constraints import DEFAULT_TIE_WITHIN
 from bench.stats import CostFit, fit_cost
 
 BASELINE = "torch"
@@ -71,6 +72,9 @@ class Decision:
         if self.winner != BASELINE and self.baseline_p50_ms:
             parts.append(f"{fmt_ratio(self.winner_p50_ms / self.baseline_p50_ms)} in-process torch's time")
         if self.runner_up and self.margin:
+            if self.margin < 1 + DEFAULT_TIE_WITHIN:
+                return (f"**{self.winner}** and **{self.runner_up}** tie at {fmt_ms(self.winner_p50_ms)} p50 "
+                        f"(a lead of {self.margin - 1:.1%} is within run-to-run drift)")
             parts.append(f"the runner-up, {self.runner_up}, takes {fmt_ratio(self.margin)} its time")
         return ", ".join(parts)
 

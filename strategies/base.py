@@ -197,6 +197,15 @@ class Strategy(ABC):
     prepare_hint: ClassVar[str] = ""
     #: extra `bench run` flags this strategy takes (values arrive in SessionOptions.settings)
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
+    # -- what the route is, for a decision by caller language and deployment constraints --
+    #: the application languages that can call this route: "python", "csharp", "cpp", or "any" (a network service)
+    languages: ClassVar[tuple[str, ...]] = ("python",)
+    #: must Python be installed where the application (or its service) is deployed?
+    python_at_deployment: ClassVar[bool] = True
+    #: what is shipped beside the application: "none" (the model's Python code), "ONNX file", ...
+    artifact: ClassVar[str] = "none"
+    #: the exporter the model must get through ("" if none): the coverage risk of the route
+    exporter: ClassVar[str] = ""
     #: NAME@VARIANT runs this strategy with ``settings[variant_key] = VARIANT``, so one run can put the
     #: variants side by side as strategies of their own (e.g. clr-embed@mono beside clr-embed@coreclr)
     variants: ClassVar[tuple[str, ...]] = ()
@@ -214,6 +223,12 @@ class Strategy(ABC):
     def runtime_versions(self) -> dict[str, str]:
         """Versions of the runtimes this strategy uses; recorded with every result and in cache keys."""
         return {}
+
+    def facts(self) -> dict[str, Any]:
+        """What the route is (recorded with each run, for the decision and `bench list`)."""
+        return {"languages": list(self.languages), "python_at_deployment": self.python_at_deployment,
+                "artifact": self.artifact, "exporter": self.exporter, "concurrent_calls": self.concurrent_calls,
+                "summary": self.summary}
 
     def default_variant(self) -> str:
         """The variant a plain NAME runs (for `bench list`), if the strategy has variants."""

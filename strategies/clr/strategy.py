@@ -178,6 +178,8 @@ class ClrSession(Session):
 
 
 class ClrStrategy(Strategy):
+    languages = ("csharp",)
+    python_at_deployment = True  # overridden by routes with no Python in them
     """The base of every clr-* strategy: which CLR, the C# build, and the runtime versions."""
 
     needs_artifacts = True  # the compiled C# assembly, shared by every model

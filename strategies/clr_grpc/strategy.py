@@ -65,6 +65,7 @@ class ClrGrpcSession(ClrCallerSession):
 
 
 class _ClrGrpc(ClrStrategy):
+    python_at_deployment = True  # in the service, not in the C# application
     transport: ClassVar[str] = "tcp"
     needs_artifacts = True  # the compiled C# assembly
     runtime_modules = ("pythonnet", "clr_loader", "grpc")  # grpc: the health check and model check before the C# calls

@@ -75,6 +75,10 @@ class ClrOrtSession(ClrCallerSession):
 
 @register
 class ClrOnnxRuntime(ClrStrategy):
+    languages = ("csharp",)
+    python_at_deployment = False
+    artifact = "ONNX file"
+    exporter = "torch.onnx (dynamo or TorchScript exporter, whichever is fastest correct)"
     name = "clr-onnxruntime"
     summary = "C# calls ONNX Runtime's C API on the onnxruntime strategy's ONNX file, no Python in the call path"
     prepare_hint = "the first one exports the model to ONNX (shared with onnxruntime) and compiles the C# side"

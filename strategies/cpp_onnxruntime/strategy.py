@@ -81,6 +81,10 @@ class CppOrtSession(Session):
 
 @register
 class CppOnnxRuntime(Strategy):
+    languages = ("cpp",)
+    python_at_deployment = False
+    artifact = "ONNX file"
+    exporter = "torch.onnx (dynamo or TorchScript exporter, whichever is fastest correct)"
     name = "cpp-onnxruntime"
     summary = "the onnxruntime strategy's ONNX file run from C++ (ORT C++ API), timing loop and callers in C++"
     needs_artifacts = True

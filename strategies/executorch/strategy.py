@@ -324,6 +324,10 @@ class ExecuTorchSession(Session):
 
 @register
 class ExecuTorchXnnpack(Strategy):
+    languages = ("python",)  # measured through ExecuTorch's Python runtime bindings; its C++ runtime would serve C++
+    python_at_deployment = True
+    artifact = "ExecuTorch program (.pte)"
+    exporter = "torch.export, lowered to XNNPACK"
     runtime_modules = ("torch", "executorch.extension.pybindings._C")
     settings_keys = ()
     name = "executorch"

@@ -183,6 +183,8 @@ class GrpcSession(Session):
 
 
 class _Grpc(Strategy):
+    languages = ("any",)  # a network service: any language with a gRPC client
+    python_at_deployment = True  # in the service, not in the calling application
     encoding: ClassVar[str] = codec.RAW
     transport: ClassVar[str] = "tcp"
     concurrent_calls = True

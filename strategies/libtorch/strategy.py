@@ -78,6 +78,8 @@ class LibtorchSession(Session):
 
 
 class _Libtorch(Strategy):
+    languages = ("cpp",)
+    python_at_deployment = False
     kind: ClassVar[str]
     runtime_modules = ("torch",)
     settings_keys = ()
@@ -118,6 +120,8 @@ class _Libtorch(Strategy):
 @register
 class LibtorchTs(_Libtorch):
     name = "libtorch-ts"
+    artifact = "TorchScript file"
+    exporter = "torch.jit.trace"
     summary = "TorchScript (jit.trace) run by torch::jit::load in a C++ pybind11 extension, zero-copy both ways"
     kind = "ts"
 
@@ -125,5 +129,7 @@ class LibtorchTs(_Libtorch):
 @register
 class LibtorchAoti(_Libtorch):
     name = "libtorch-aoti"
+    artifact = "AOTInductor package (compiled .so)"
+    exporter = "torch.export, compiled by AOTInductor"
     summary = "AOTInductor package (aoti_compile_and_package) run by AOTIModelPackageLoader in C++, zero-copy both ways"
     kind = "aoti"

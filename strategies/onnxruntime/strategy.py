@@ -51,6 +51,10 @@ class OrtSession(Session):
 
 @register
 class OnnxRuntime(Strategy):
+    languages = ("python",)
+    python_at_deployment = True
+    artifact = "ONNX file"
+    exporter = "torch.onnx (dynamo or TorchScript exporter, whichever is fastest correct)"
     runtime_modules = ("onnxruntime",)
     settings_keys = ("spinning",)  # and `variant`, from VARIANT_FLAG
     name = "onnxruntime"

@@ -218,6 +218,10 @@ class OpenVinoSession(Session):
 
 @register
 class OpenVino(Strategy):
+    languages = ("python",)  # measured through OpenVINO's Python API; its C/C++ API would serve C++ callers
+    python_at_deployment = True
+    artifact = "OpenVINO IR (converted from the ONNX file)"
+    exporter = "torch.onnx, then OpenVINO's converter"
     runtime_modules = ("openvino",)
     settings_keys = ()
     name = "openvino"

@@ -35,6 +35,8 @@ class TorchSession(Session):
 
 @register
 class TorchEager(Strategy):
+    languages = ("python",)
+    python_at_deployment = True
     runtime_modules = ("torch",)
     settings_keys = ()
     name = "torch"

@@ -161,3 +161,15 @@ class AllocatorSensitiveTest(Strategy):
 
         under_jemalloc = "jemalloc" in os.environ.get("LD_PRELOAD", "")
         return _Delayed(model, options.threads, 0.0 if under_jemalloc else 2000.0)
+
+
+@register
+class TorchTwinTest(Strategy):
+    """Eager torch under a second name: the same route twice, a tie the decision must not call a win."""
+
+    name = "torch-twin-test"
+    summary = "test only: the torch strategy under another name"
+    settings_keys = ()
+
+    def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
+        return TorchSession(model, options.threads)

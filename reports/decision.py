@@ -1,0 +1,186 @@
+"""The decision by caller language and constraints: per caller language, model and batch size, the
+strategies that language can call, ranked by median latency with honest ties, and every other
+strategy with its reason for not being ranked, in words. Rendered into the report's first section and
+written as decision.json for CI and other tools.
+
+A lead smaller than the tie margin (5% by default: run-to-run drift on a shared machine is larger
+than 1%) or inside overlapping 95% intervals of the two medians is a tie, never a win."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES
+
+LANGUAGE_NAMES = {"python": "Python", "csharp": "C#", "cpp": "C++", "any": "any language (a network service)"}
+
+
+@dataclass
+class Constraints:
+    caller: str = ""  # "" : one block per language
+    python_at_deployment: bool | None = None  # False: routes that need Python where the application runs are out
+    memory_budget_mb: float | None = None
+    p99_budget_ms: float | None = None
+    tie_within: float = DEFAULT_TIE_WITHIN
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Constraints:
+        d = dict(d or {})
+        return cls(**{k: d[k] for k in ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within")
+                      if k in d})
+
+    def describe(self) -> str:
+        parts = []
+        if self.python_at_deployment is False:
+            parts.append("no Python at deployment")
+        if self.memory_budget_mb is not None:
+            parts.append(f"memory added within {self.memory_budget_mb:g} MiB")
+        if self.p99_budget_ms is not None:
+            parts.append(f"p99 within {_ms(self.p99_budget_ms)}")
+        parts.append(f"leads under {self.tie_within:.0%} or inside overlapping 95% intervals are ties")
+        return "; ".join(parts)
+
+
+def _ms(v: float) -> str:
+    from reports.tables import fmt_ms
+
+    return fmt_ms(v)
+
+
+@dataclass
+class Ranked:
+    strategy: str
+    p50_ms: float
+    p99_ms: float | None
+    ci_low_ms: float | None
+    ci_high_ms: float | None
+    throughput_sps: float | None
+    mem_added_mb: float | None
+    tie_with_first: bool = False
+    note: str = ""
+
+
+@dataclass
+class CellDecision:
+    model: str
+    batch: int
+    threads: int
+    malloc: str
+    eligible: list[Ranked] = field(default_factory=list)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (strategy, reason in words)
+
+    @property
+    def leaders(self) -> list[str]:
+        return [r.strategy for r in self.eligible if r.tie_with_first or r is self.eligible[0]] if self.eligible else []
+
+    def sentence(self) -> str:
+        if not self.eligible:
+            return "no strategy this caller can use gave a valid measurement"
+        first = self.eligible[0]
+        lead = self.leaders
+        if len(lead) > 1:
+            return (f"a tie between **{'**, **'.join(lead)}** ({', '.join(_ms(r.p50_ms) for r in self.eligible[:len(lead)])} p50): "
+                    "within the noise of each other")
+        text = f"**{first.strategy}** at {_ms(first.p50_ms)} p50"
+        if len(self.eligible) > 1:
+            second = self.eligible[1]
+            text += f", ahead of {second.strategy} ({second.p50_ms / first.p50_ms:.2f}x its time)"
+        return text
+
+
+@dataclass
+class Block:
+    caller: str
+    cells: list[CellDecision]
+
+
+def _reason_for_language(facts: dict[str, Any], caller: str) -> str:
+    langs = facts.get("languages") or ["python"]
+    if caller in langs or "any" in langs:
+        return ""
+    return f"a {' or '.join(LANGUAGE_NAMES.get(x, x) for x in langs)} route; a {LANGUAGE_NAMES[caller]} application cannot call it"
+
+
+def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Constraints,
+           payload_models: tuple[str, ...] = ("identity",)) -> list[Block]:
+    """One block per caller language (or the one asked for): per model, batch, threads and allocator
+    at the fewest callers, eligible strategies ranked by p50, ties marked, the rest with reasons."""
+    callers = [constraints.caller] if constraints.caller else list(LANGUAGES)
+    main = df[~df.model.isin(payload_models)]
+    if main.empty:
+        return [Block(c, []) for c in callers]
+    main = main[main.concurrency == main.concurrency.min()]
+    blocks = []
+    for caller in callers:
+        cells = []
+        for (model, batch, threads, malloc), g in main.groupby(["model", "batch", "threads", "malloc"], sort=True):
+            cd = CellDecision(str(model), int(batch), int(threads), str(malloc))
+            candidates = []
+            for r in g.sort_values("p50_ms", na_position="last").itertuples():
+                f = facts.get(r.strategy.partition("@")[0], {}) or facts.get(r.strategy, {})
+                why = _reason_for_language(f, caller)
+                if not why and constraints.python_at_deployment is False and f.get("python_at_deployment", True):
+                    why = "needs Python at deployment" + (" (in the service)" if "any" in (f.get("languages") or []) else "")
+                if not why and not r.valid:
+                    err = str(r.error).splitlines()[0][:140] if isinstance(r.error, str) and r.error else ""
+                    why = {"invalid": "wrong outputs", "error": "failed", "skipped": "skipped"}.get(r.status, r.status) \
+                        + (f": {err}" if err else "")
+                if not why and constraints.memory_budget_mb is not None and pd.notna(r.mem_added_mb) \
+                        and r.mem_added_mb > constraints.memory_budget_mb:
+                    why = f"adds {r.mem_added_mb:,.0f} MiB, over the {constraints.memory_budget_mb:g} MiB budget"
+                if not why and constraints.p99_budget_ms is not None:
+                    if pd.notna(r.p99_ms):
+                        if r.p99_ms > constraints.p99_budget_ms:
+                            why = f"p99 {_ms(r.p99_ms)} over the {_ms(constraints.p99_budget_ms)} budget"
+                    elif pd.notna(r.max_ms) and r.max_ms > constraints.p99_budget_ms:
+                        why = (f"p99 not estimable from {int(r.samples)} samples, and its slowest call "
+                               f"({_ms(r.max_ms)}) is over the {_ms(constraints.p99_budget_ms)} budget")
+                if why:
+                    cd.excluded.append((r.strategy, why))
+                    continue
+                note = "measured from a Python client" if "any" in (f.get("languages") or []) and caller != "python" else ""
+                candidates.append(Ranked(r.strategy, float(r.p50_ms), _f(r.p99_ms), _f(r.ci_low_ms), _f(r.ci_high_ms),
+                                         _f(r.throughput_sps), _f(r.mem_added_mb), note=note))
+            if candidates:
+                first = candidates[0]
+                for c in candidates[1:]:
+                    within = c.p50_ms <= first.p50_ms * (1 + constraints.tie_within)
+                    overlap = (c.ci_low_ms is not None and first.ci_high_ms is not None and c.ci_low_ms <= first.ci_high_ms)
+                    c.tie_with_first = bool(within or overlap)
+            cd.eligible = candidates
+            measured = set(g.strategy)
+            for name, f in sorted(facts.items()):
+                if name not in measured and not any(s.partition("@")[0] == name for s in measured) \
+                        and not _reason_for_language(f, caller):
+                    cd.excluded.append((name, "not measured in this run"))
+            cells.append(cd)
+        blocks.append(Block(caller, cells))
+    return blocks
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else float(v)
+
+
+def to_json(blocks: list[Block], constraints: Constraints) -> dict[str, Any]:
+    return {
+        "constraints": asdict(constraints),
+        "blocks": [{"caller": b.caller, "cells": [{
+            "model": c.model, "batch": c.batch, "threads": c.threads, "malloc": c.malloc,
+            "eligible": [asdict(r) for r in c.eligible],
+            "ties": c.leaders if len(c.leaders) > 1 else [],
+            "excluded": [{"strategy": s, "reason": why} for s, why in c.excluded],
+        } for c in b.cells]} for b in blocks],
+    }
+
+
+def from_json(d: dict[str, Any]) -> tuple[list[Block], Constraints]:
+    blocks = [Block(b["caller"], [CellDecision(c["model"], int(c["batch"]), int(c["threads"]), c.get("malloc", ""),
+                                               [Ranked(**r) for r in c["eligible"]],
+                                               [(e["strategy"], e["reason"]) for e in c["excluded"]])
+                                  for c in b["cells"]]) for b in d["blocks"]]
+    return blocks, Constraints.from_json(d.get("constraints"))

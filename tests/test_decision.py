@@ -1,0 +1,83 @@
+"""The decision by caller language and constraints, on a real run: routes a language cannot call are
+excluded with the reason, a planted tie stays a tie, a planted slowdown ranks below, the constraints
+from flags exclude with their reasons, and decision.json round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reports.decision import from_json, to_json
+from tests.conftest import require_strategy, run_bench
+
+BUDGET = ["--warmup", "0.05", "--min-time", "0.3", "--max-time", "0.6", "--concurrency-time", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for name in ("cpp-onnxruntime", "clr-onnxruntime", "clr-capi"):
+        require_strategy(name)
+    out = tmp_path_factory.mktemp("decision")
+    cfg = out / "bench.toml"
+    cfg.write_text('[strategy.slow-test]\ndelay_us = 120.0\n[decision]\ntie_within = "15%"\n')
+    p = run_bench("run", "--config", str(cfg), "--plugin", "tests.plugins.faulty", "--models", "mlp",
+                  "--strategies", "torch,torch-twin-test,slow-test,cpp-onnxruntime,clr-onnxruntime,clr-capi",
+                  "--batch-sizes", "1", "--concurrency", "1", "--payload-sizes", "none", "--out", str(out),
+                  "--run-id", "d", *BUDGET, cwd=out)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return out / "d"
+
+
+def _cell(decision: dict, caller: str) -> dict:
+    block = next(b for b in decision["blocks"] if b["caller"] == caller)
+    return next(c for c in block["cells"] if c["model"] == "mlp")
+
+
+def test_a_csharp_caller_gets_only_the_routes_it_can_call(decided: Path):
+    d = json.loads((decided / "decision.json").read_text())
+    c = _cell(d, "csharp")
+    assert [r["strategy"] for r in c["eligible"]] == sorted((r["strategy"] for r in c["eligible"]),
+                                                          key=lambda s: next(r["p50_ms"] for r in c["eligible"] if r["strategy"] == s))
+    assert {r["strategy"] for r in c["eligible"]} == {"clr-onnxruntime", "clr-capi"}
+    reasons = {e["strategy"]: e["reason"] for e in c["excluded"]}
+    assert reasons["torch"] == "a Python route; a C# application cannot call it"
+    assert reasons["cpp-onnxruntime"] == "a C++ route; a C# application cannot call it"
+    assert reasons["clr-embed"] == "not measured in this run"
+    md = (decided / "report.md").read_text()
+    assert "## Decision by caller language" in md and "From C#, mlp batch 1:" in md
+
+
+def test_a_planted_tie_is_a_tie_and_a_planted_slowdown_ranks_below(decided: Path):
+    c = _cell(json.loads((decided / "decision.json").read_text()), "python")
+    order = [r["strategy"] for r in c["eligible"]]
+    assert set(order[:2]) == {"torch", "torch-twin-test"} and order[2] == "slow-test", order
+    assert sorted(c["ties"]) == ["torch", "torch-twin-test"]
+    slow = next(r for r in c["eligible"] if r["strategy"] == "slow-test")
+    assert not slow["tie_with_first"] and slow["p50_ms"] > 2 * c["eligible"][0]["p50_ms"]
+    assert "tie between" in (decided / "report.md").read_text()
+
+
+def test_constraints_from_flags_exclude_with_reasons_and_the_json_round_trips(decided: Path):
+    p = run_bench("report", str(decided), "--caller", "csharp", "--python-at-deployment", "no", "--p99-budget", "10ms", cwd=decided)
+    assert p.returncode == 0, p.stderr
+    d = json.loads((decided / "decision.json").read_text())
+    assert [b["caller"] for b in d["blocks"]] == ["csharp"]
+    c = _cell(d, "csharp")
+    assert [r["strategy"] for r in c["eligible"]] == ["clr-onnxruntime"]
+    assert {"strategy": "clr-capi", "reason": "needs Python at deployment"} in c["excluded"]
+    blocks, constraints = from_json(d)
+    assert to_json(blocks, constraints) == d
+    assert constraints.python_at_deployment is False and constraints.p99_budget_ms == 10.0
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--caller", "java", "caller must be one of python, csharp, cpp or any"),
+    ("--p99-budget", "ten", "is not a value like"),
+    ("--memory-budget", "5 parsecs", "is not a value like"),
+    ("--python-at-deployment", "maybe", "python_at_deployment must be yes or no"),
+])
+def test_a_wrong_constraint_is_one_line_and_exit_2(decided: Path, flag: str, value: str, message: str):
+    p = run_bench("report", str(decided), flag, value, cwd=decided)
+    assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
