@@ -68,13 +68,15 @@ class Decision:
     def sentence(self) -> str:
         if not self.winner:
             return "no valid cell"
-        parts = [f"**{self.winner}** wins at {fmt_ms(self.winner_p50_ms)} p50"]
+        tie = bool(self.runner_up and self.margin and self.margin < 1 + DEFAULT_TIE_WITHIN)
+        if tie:
+            parts = [f"**{self.winner}** and **{self.runner_up}** tie at {fmt_ms(self.winner_p50_ms)} p50 "
+                     f"(a lead of {self.margin - 1:.1%} is within run-to-run drift)"]
+        else:
+            parts = [f"**{self.winner}** wins at {fmt_ms(self.winner_p50_ms)} p50"]
         if self.winner != BASELINE and self.baseline_p50_ms:
             parts.append(f"{fmt_ratio(self.winner_p50_ms / self.baseline_p50_ms)} in-process torch's time")
-        if self.runner_up and self.margin:
-            if self.margin < 1 + DEFAULT_TIE_WITHIN:
-                return (f"**{self.winner}** and **{self.runner_up}** tie at {fmt_ms(self.winner_p50_ms)} p50 "
-                        f"(a lead of {self.margin - 1:.1%} is within run-to-run drift)")
+        if self.runner_up and self.margin and not tie:
             parts.append(f"the runner-up, {self.runner_up}, takes {fmt_ratio(self.margin)} its time")
         return ", ".join(parts)
 
