@@ -37,37 +37,6 @@ namespace InteropBench
         public long MarshalInTicks, ComputeTicks, MarshalOutTicks, TotalTicks;
     }
 
-    static class Dtypes
-    {
-        public static int ItemSize(string dtype)
-        {
-            switch (dtype)
-            {
-                case "float64": case "int64": return 8;
-                case "float32": case "int32": return 4;
-                case "float16": return 2;
-                case "int8": case "uint8": case "bool": return 1;
-                default: throw new NotSupportedException("dtype " + dtype + " has no .NET array type here");
-            }
-        }
-
-        public static Array NewArray(string dtype, long count)
-        {
-            switch (dtype)
-            {
-                case "float32": return new float[count];
-                case "float64": return new double[count];
-                case "float16": return new ushort[count];  // no System.Half on Mono's .NET 4.x: raw bits
-                case "int64": return new long[count];
-                case "int32": return new int[count];
-                case "int8": return new sbyte[count];
-                case "uint8": return new byte[count];
-                case "bool": return new bool[count];
-                default: throw new NotSupportedException("dtype " + dtype + " has no .NET array type here");
-            }
-        }
-    }
-
     public sealed class Runner
     {
         public static long Frequency { get { return Stopwatch.Frequency; } }

@@ -28,7 +28,7 @@ RUNTIMES = ("coreclr", "mono")
 
 
 #: the C# of every clr-* strategy, compiled together into one assembly (one CLR per process loads it once)
-SOURCES = ("clr/ClosedLoop.cs", "clr/Runner.cs", "clr_onnxruntime/OrtRunner.cs",
+SOURCES = ("clr/ClosedLoop.cs", "clr/Dtypes.cs", "clr/Runner.cs", "clr_onnxruntime/OrtRunner.cs",
            "clr_capi/CapiRunner.cs", "clr_grpc/GrpcClient.cs")
 
 

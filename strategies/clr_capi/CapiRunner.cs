@@ -417,38 +417,6 @@ namespace InteropBench
 
         internal static class DTypes
         {
-            public static int ItemSize(string dtype)
-            {
-                switch (dtype)
-                {
-                    case "float64": case "int64": case "uint64": return 8;
-                    case "float32": case "int32": case "uint32": return 4;
-                    case "float16": case "int16": case "uint16": return 2;
-                    case "int8": case "uint8": case "bool": return 1;
-                    default: throw new NotSupportedException("dtype " + dtype + " has no .NET array type here");
-                }
-            }
-
-            public static Array NewArray(string dtype, long count)
-            {
-                switch (dtype)
-                {
-                    case "float32": return new float[count];
-                    case "float64": return new double[count];
-                    case "float16": return new ushort[count];  // raw bits: no System.Half on Mono's .NET 4.x
-                    case "int64": return new long[count];
-                    case "int32": return new int[count];
-                    case "int16": return new short[count];
-                    case "int8": return new sbyte[count];
-                    case "uint64": return new ulong[count];
-                    case "uint32": return new uint[count];
-                    case "uint16": return new ushort[count];
-                    case "uint8": return new byte[count];
-                    case "bool": return new bool[count];
-                    default: throw new NotSupportedException("dtype " + dtype + " has no .NET array type here");
-                }
-            }
-
             static readonly string[] signedInts = { null, "int8", "int16", null, "int32", null, null, null, "int64" };
             static readonly string[] unsignedInts = { null, "uint8", "uint16", null, "uint32", null, null, null, "uint64" };
 
@@ -474,7 +442,7 @@ namespace InteropBench
                         return itemSize > 0 && itemSize <= 8 ? unsignedInts[itemSize] : null;
                     default: return null;
                 }
-                return ItemSize(name) == itemSize ? name : null;
+                return Dtypes.ItemSize(name) == itemSize ? name : null;
             }
 
             public static string FormatText(IntPtr format)
@@ -576,8 +544,8 @@ namespace InteropBench
                 foreach (long d in shape)
                     if (d < 0) throw new ArgumentException("input " + i + " has a negative dimension");
                 long count = Count(shape);
-                data[i] = DTypes.NewArray(dtypes[i], count);
-                bytes[i] = count * DTypes.ItemSize(dtypes[i]);
+                data[i] = Dtypes.NewArray(dtypes[i], count);
+                bytes[i] = count * Dtypes.ItemSize(dtypes[i]);
                 if (bytes[i] > 0)
                 {
                     if (addresses[i] == 0) throw new ArgumentException("input " + i + " has a NULL address");
@@ -870,7 +838,7 @@ namespace InteropBench
                 {
                     shape = new long[ndim];
                     for (int k = 0; k < ndim; k++) shape[k] = dims[k];
-                    outData[i] = CapiRunner.DTypes.NewArray(dtype, CapiRunner.Count(shape));
+                    outData[i] = Dtypes.NewArray(dtype, CapiRunner.Count(shape));
                     outShape[i] = shape;
                     outDType[i] = dtype;
                     outBytes[i] = CapiRunner.Count(shape) * view.ItemSize;

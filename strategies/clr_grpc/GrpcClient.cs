@@ -75,35 +75,6 @@ namespace InteropBench
             }
         }
 
-        public static int ItemSize(string numpy)
-        {
-            switch (numpy)
-            {
-                case "float64": case "int64": return 8;
-                case "float32": case "int32": return 4;
-                case "float16": case "int16": return 2;
-                case "int8": case "uint8": case "bool": return 1;
-                default: throw new NotSupportedException("NumPy dtype '" + numpy + "' has no .NET array here");
-            }
-        }
-
-        public static Array NewArray(string numpy, long count)
-        {
-            switch (numpy)
-            {
-                case "float32": return new float[count];
-                case "float64": return new double[count];
-                case "float16": return new ushort[count];  // raw IEEE half bits: no System.Half on Mono's 4.x profile
-                case "int64": return new long[count];
-                case "int32": return new int[count];
-                case "int16": return new short[count];
-                case "int8": return new sbyte[count];
-                case "uint8": return new byte[count];
-                case "bool": return new bool[count];
-                default: throw new NotSupportedException("NumPy dtype '" + numpy + "' has no .NET array here");
-            }
-        }
-
         public static long Count(long[] shape)
         {
             long n = 1;
@@ -470,8 +441,8 @@ namespace InteropBench
             {
                 long[] shape = shapes[i] ?? new long[0];
                 long count = GrpcTypes.Count(shape);
-                long bytes = count * GrpcTypes.ItemSize(dtypes[i]);
-                Array a = GrpcTypes.NewArray(dtypes[i], count);
+                long bytes = count * Dtypes.ItemSize(dtypes[i]);
+                Array a = Dtypes.NewArray(dtypes[i], count);
                 if (bytes > 0)
                 {
                     if (addresses[i] == 0) throw new ArgumentException("input '" + names[i] + "' has a NULL address");
@@ -867,9 +838,9 @@ namespace InteropBench
                     try { count = GrpcTypes.Count(shape); }
                     catch (ArgumentException e) { throw GrpcTypes.Status(GrpcTypes.Internal, "output '" + outNames[i] + "': " + e.Message); }
                     outShapes[i] = shape;
-                    outBytes[i] = count * GrpcTypes.ItemSize(outDtypes[i]);
+                    outBytes[i] = count * Dtypes.ItemSize(outDtypes[i]);
                     outData[i] = null;
-                    if (outBytes[i] == rawLen[i]) outData[i] = GrpcTypes.NewArray(outDtypes[i], count);
+                    if (outBytes[i] == rawLen[i]) outData[i] = Dtypes.NewArray(outDtypes[i], count);
                 }
                 if (rawLen[i] != outBytes[i])
                     throw GrpcTypes.Status(GrpcTypes.Internal, "output '" + outNames[i] + "': " + rawLen[i] + " raw bytes for shape [" +

@@ -142,35 +142,16 @@ namespace InteropBench
             }
         }
 
-        public static int ItemSize(int type)
+        static string Known(int type)
         {
-            switch (type)
-            {
-                case Double: case Int64: return 8;
-                case Float: case Int32: return 4;
-                case Float16: case Int16: case UInt16: return 2;
-                case Int8: case UInt8: case Bool: return 1;
-                default: throw new NotSupportedException("ONNX element type " + type + " has no .NET array here");
-            }
+            string name = Numpy(type);
+            if (name == null) throw new NotSupportedException("ONNX element type " + type + " has no .NET array here");
+            return name;
         }
 
-        public static Array NewArray(int type, long count)
-        {
-            switch (type)
-            {
-                case Float: return new float[count];
-                case Double: return new double[count];
-                case Float16: return new ushort[count];  // raw IEEE half bits: no System.Half on Mono's 4.x profile
-                case Int64: return new long[count];
-                case Int32: return new int[count];
-                case Int16: return new short[count];
-                case Int8: return new sbyte[count];
-                case UInt8: return new byte[count];
-                case UInt16: return new ushort[count];
-                case Bool: return new bool[count];
-                default: throw new NotSupportedException("ONNX element type " + type + " has no .NET array here");
-            }
-        }
+        public static int ItemSize(int type) { return Dtypes.ItemSize(Known(type)); }
+
+        public static Array NewArray(int type, long count) { return Dtypes.NewArray(Known(type), count); }
 
         public static long Count(long[] shape)
         {
