@@ -15,6 +15,7 @@ from bench import allocator
 from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import plots
+from reports.claims import answer as answer_claims
 from reports.decision import LANGUAGE_NAMES, Block, Constraints, decide
 from reports.decision import to_json as decision_json
 from reports.tables import (
@@ -178,6 +179,14 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     facts = _strategy_facts(meta, set(df_all.strategy))
     blocks = decide(df_all, facts, constraints)
     sections.append(_decision_section(blocks, constraints, facts, bool(policies)))
+
+    # -- the claims users arrive with, answered from this run ----------------------------------
+    sec = Section("claims", "The common claims, answered by this run")
+    sec.text.append("What articles and answers say about each route, against this run's own cells (one caller; "
+                    "ratios are medians over the model and batch cells both routes ran).")
+    sec.tables.append(Table(["claim", "this run"], [[c.claim, c.answer] for c in answer_claims(df, payload_fits(df))],
+                            align_numbers=False))
+    sections.append(sec)
 
     # -- decision summary -----------------------------------------------------------------------
     sec = Section("decision", "Every strategy ranked")

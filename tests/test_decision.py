@@ -47,6 +47,8 @@ def test_a_csharp_caller_gets_only_the_routes_it_can_call(decided: Path):
     assert reasons["clr-embed"] == "not measured in this run"
     md = (decided / "report.md").read_text()
     assert "## Decision by caller language" in md and "From C#, mlp batch 1:" in md
+    # a claim whose cells were not in the run says so
+    assert "| A gRPC microservice's communication overhead \"can become significant\" | not measured in this run" in md
 
 
 def test_a_planted_tie_is_a_tie_and_a_planted_slowdown_ranks_below(decided: Path):

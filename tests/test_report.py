@@ -51,3 +51,21 @@ def test_report_says_how_each_route_ran_each_model(quick_run: Path):
                 in table), model
         assert re.search(rf"\| {model} \| executorch \| xnnpack delegation \| (complete|partial)", table), model
     assert "(fastest correct)" in table and "other variants" in table
+
+
+def test_the_common_claims_are_answered_from_the_run_s_own_cells(quick_run: Path):
+    md = (quick_run / "report.md").read_text()
+    table = md.split("## The common claims, answered by this run", 1)[1].split("\n## ", 1)[0]
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln}
+    grpc = next(v for k, v in rows.items() if k.startswith("A gRPC microservice"))
+    assert re.search(r"grpc: \+[0-9.]+ (µs|ms) at 1 KiB", grpc) and "of torch's time" in grpc
+    text = next(v for k, v in rows.items() if k.startswith("Sending tensors as text"))
+    assert re.search(r"grpc-naive takes .*[0-9.]+x at 1 MiB", text)
+    onnx = next(v for k, v in rows.items() if k.startswith("ONNX Runtime gives"))
+    for who in ("from Python (onnxruntime)", "from C# (clr-onnxruntime)", "from C++ (cpp-onnxruntime)"):
+        assert who in onnx, onnx
+    assert "not measured" not in onnx
+    ts = next(v for k, v in rows.items() if k.startswith("TorchScript"))
+    assert "(libtorch-ts):" in ts and "(libtorch-aoti):" in ts
+    net = next(v for k, v in rows.items() if k.startswith("Embedding Python in .NET"))
+    assert "clr-capi:" in net and "clr-embed:" in net and "slower than bulk" in net
