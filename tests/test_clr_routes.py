@@ -133,3 +133,22 @@ def test_python_errors_under_the_c_api_carry_the_traceback_and_leave_the_gil_fre
         assert kinds == ["memoryview"] and readonly == [True]
     finally:
         runner.Dispose()
+
+
+def test_every_route_on_mono_gives_eager_torch_s_outputs_on_every_built_in_model(tmp_path: Path):
+    """The same routes on the other CLR, each cell in its own worker process: the harness checks every
+    cell's outputs against eager torch (a wrong output is status invalid), with one caller and two."""
+    import json
+
+    names = [f"{n}@mono" for n in ("clr-embed", "clr-onnxruntime", "clr-capi")]
+    for n in names:
+        require_strategy(n)
+    p = run_bench("run", "--models", "mlp,cnn,transformer", "--strategies", ",".join(names), "--batch-sizes", "1,3",
+                  "--concurrency", "1,2", "--payload-sizes", "1KiB", "--out", str(tmp_path), "--run-id", "mono",
+                  "--no-history", *FAST, cwd=tmp_path, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cells = [json.loads(f.read_text()) for f in (tmp_path / "mono" / "cells").glob("*.json")]
+    assert len(cells) == 3 * 3 * 2 * 2 + 3
+    bad = [(c["cell"]["id"], c["status"], c.get("error")) for c in cells if c["status"] != "ok"]
+    assert not bad, bad
+    assert all(c["session"]["runtime"].startswith("Mono") for c in cells)

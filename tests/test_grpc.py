@@ -254,3 +254,26 @@ def test_stubs_generate_from_the_proto(tmp_path: Path):
     stubs.generate(tmp_path / "stubs")
     text = (tmp_path / "stubs" / "interop_inference_pb2_grpc.py").read_text()
     assert "def ModelInfer" in text and "def ModelMetadata" in text
+
+
+def test_layout_caches_never_keep_large_client_strings():
+    """The request id is a client's string: distinct ids of a MiB each go the slow way every time and
+    are never cached, so a server's memory does not grow with them; small ids are cached as before."""
+    pb2, _ = stubs.load()
+    arrays = {"x": np.ones((2, 256), np.float32)}
+    layouts = codec.Layouts(codec.REQUEST_RAW_FIELD, codec.RESPONSE_RAW_FIELD)
+    for i in range(100):
+        request = codec.encode_request(pb2, arrays, codec.RAW, "mlp")
+        request.id = f"{i:04d}" + "x" * (1 << 20)
+        data = request.SerializeToString()
+        assert layouts.read(data)[0] is None
+        meta, _ = codec.split(data, codec.REQUEST_RAW_FIELD)
+        layouts.learn(meta, arrays, request.id)
+        assert layouts.read(data)[0] is None  # still the slow way: never cached
+        layouts.writer(arrays, lambda a, extra, r=request: r.SerializeToString(), request.id)
+    assert layouts.cached_bytes() == 0
+    data = codec.encode_request(pb2, arrays, codec.RAW, "mlp").SerializeToString()
+    meta, _ = codec.split(data, codec.REQUEST_RAW_FIELD)
+    layouts.learn(meta, arrays)
+    assert layouts.read(data)[0] is not None  # an ordinary request's layout is cached as before
+    assert 0 < layouts.cached_bytes() <= codec.Layouts.MAX_KEY_BYTES

@@ -130,11 +130,19 @@ class Layouts:
     (``unknown``), and the owner teaches the result (``learn``).
     """
 
+    #: metadata (names, dtypes, shapes, the request id) larger than this is never cached: a client
+    #: string of a few MiB must not stay in memory for the life of a server
+    MAX_KEY_BYTES = 4096
+
     def __init__(self, read_field: int, write_field: int, limit: int = 64) -> None:
         self.read_field, self.write_field, self.limit = read_field, write_field, limit
         self._written: dict[tuple, Layout] = {}
         self._read: dict[bytes, Layout] = {}
         self._last: Layout | None = None
+
+    def cached_bytes(self) -> int:
+        """What the caches hold of the messages' metadata, in bytes (bounded: limit x MAX_KEY_BYTES each way)."""
+        return sum(len(k) for k in self._read) + sum(len(v.header) for v in self._written.values())
 
     def writer(self, arrays: dict[str, np.ndarray], make_header, extra=None) -> Layout:
         """The layout to write ``arrays`` with; ``make_header(arrays, extra)`` serializes the metadata
@@ -143,7 +151,7 @@ class Layouts:
         layout = self._written.get(key)
         if layout is None:
             layout = Layout(make_header(arrays, extra), self.write_field, key[1])
-            if len(self._written) < self.limit:
+            if len(self._written) < self.limit and len(layout.header) <= self.MAX_KEY_BYTES:
                 self._written[key] = layout
         return layout
 
@@ -164,9 +172,9 @@ class Layouts:
         return layout, arrays, (meta, raw)
 
     def learn(self, meta: bytes, arrays: dict[str, np.ndarray], extra=None) -> None:
-        if len(self._read) < self.limit:
-            layout = Layout(meta, self.read_field, signature(arrays), extra)
-            self._read[meta] = self._last = layout
+        if len(self._read) < self.limit and len(meta) <= self.MAX_KEY_BYTES:
+            layout = Layout(bytes(meta), self.read_field, signature(arrays), extra)
+            self._read[layout.header] = self._last = layout
 
 
 def split(data: bytes, raw_field: int) -> tuple[bytes, list[memoryview]]:
