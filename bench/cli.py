@@ -551,8 +551,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports import render
 
     run = resolve_run(args.run, args.out)
-    constraints = _decision_overrides(args)
-    html, md = render(run, check_constraints(constraints) if constraints else None)
+    flags = _decision_overrides(args)  # over the run's own [decision], as bench run puts flags over the file
+    decision = check_constraints({**(run.meta().get("config", {}).get("decision") or {}), **flags}) if flags else None
+    html, md = render(run, decision)
     print(f"report: {html.resolve()}\nmarkdown: {md.resolve()}")
     return 0
 

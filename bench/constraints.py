@@ -40,7 +40,10 @@ def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("tie_within") is not None:
         v = d["tie_within"]
         if isinstance(v, str):
-            v = float(v[:-1]) / 100 if v.endswith("%") else float(v)
+            try:
+                v = float(v[:-1]) / 100 if v.endswith("%") else float(v)
+            except ValueError:
+                raise UserError(f"tie_within must be a fraction in [0, 1), e.g. 0.05 or 5%, not {d['tie_within']!r}") from None
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1 or not math.isfinite(v):
             raise UserError(f"tie_within must be a fraction in [0, 1), e.g. 0.05 or 5%, not {d['tie_within']!r}")
         out["tie_within"] = float(v)

@@ -83,7 +83,7 @@ class CellDecision:
         first = self.eligible[0]
         lead = self.leaders
         if len(lead) > 1:
-            return (f"a tie between **{'**, **'.join(lead)}** ({', '.join(_ms(r.p50_ms) for r in self.eligible[:len(lead)])} p50): "
+            return (f"a tie between **{'**, **'.join(lead)}** ({', '.join(_ms(r.p50_ms) for r in self.eligible if r.strategy in lead)} p50): "
                     "within the noise of each other")
         text = f"**{first.strategy}** at {_ms(first.p50_ms)} p50"
         if len(self.eligible) > 1:

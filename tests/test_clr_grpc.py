@@ -95,7 +95,7 @@ def test_every_status_path_is_one_clear_error():
         with pytest.raises(RuntimeError, match=r"DEADLINE_EXCEEDED"):
             ClrSession._invoke(_caller(ib, hurried, ["x"], [x]).CallOnce)
         hurried.Dispose()
-        # the same runner's calls work after all of that
+        # the session's own runner is unaffected by the other runners' failures
         session.run({"x": small})
         # a server that went away: the address and the refusal, in one line
         address = session.server.address

@@ -61,10 +61,14 @@ def test_a_planted_tie_is_a_tie_and_a_planted_slowdown_ranks_below(decided: Path
     assert "tie between" in (decided / "report.md").read_text()
 
 
-def test_constraints_from_flags_exclude_with_reasons_and_the_json_round_trips(decided: Path):
-    p = run_bench("report", str(decided), "--caller", "csharp", "--python-at-deployment", "no", "--p99-budget", "10ms", cwd=decided)
+def test_constraints_from_flags_exclude_with_reasons_and_the_json_round_trips(decided: Path, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "d"
+    shutil.copytree(decided, run)  # re-deciding rewrites decision.json and the report: not the shared run's
+    p = run_bench("report", str(run), "--caller", "csharp", "--python-at-deployment", "no", "--p99-budget", "10ms", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    d = json.loads((decided / "decision.json").read_text())
+    d = json.loads((run / "decision.json").read_text())
     assert [b["caller"] for b in d["blocks"]] == ["csharp"]
     c = _cell(d, "csharp")
     assert [r["strategy"] for r in c["eligible"]] == ["clr-onnxruntime"]
@@ -72,6 +76,7 @@ def test_constraints_from_flags_exclude_with_reasons_and_the_json_round_trips(de
     blocks, constraints = from_json(d)
     assert to_json(blocks, constraints) == d
     assert constraints.python_at_deployment is False and constraints.p99_budget_ms == 10.0
+    assert constraints.tie_within == 0.15  # the run's own [decision] stays under the flags
 
 
 @pytest.mark.parametrize("flag,value,message", [
@@ -79,7 +84,12 @@ def test_constraints_from_flags_exclude_with_reasons_and_the_json_round_trips(de
     ("--p99-budget", "ten", "is not a value like"),
     ("--memory-budget", "5 parsecs", "is not a value like"),
     ("--python-at-deployment", "maybe", "python_at_deployment must be yes or no"),
+    ("--tie-within", "abc", "tie_within must be a fraction"),
 ])
-def test_a_wrong_constraint_is_one_line_and_exit_2(decided: Path, flag: str, value: str, message: str):
-    p = run_bench("report", str(decided), flag, value, cwd=decided)
+def test_a_wrong_constraint_is_one_line_and_exit_2(decided: Path, flag: str, value: str, message: str, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "d"
+    shutil.copytree(decided, run)
+    p = run_bench("report", str(run), flag, value, cwd=tmp_path)
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

@@ -137,7 +137,11 @@ def build() -> Path:
            f"-r:{python_runtime_dll()}", f"-r:{facades_dir() / 'netstandard.dll'}", "-r:System.Numerics", "-r:System.Net.Http",
            *map(str, sources())]
     print(" ".join(cmd), flush=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        tmp.unlink(missing_ok=True)
+        raise
     print(p.stdout + p.stderr, flush=True)
     if p.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -173,7 +177,13 @@ def load(runtime: str = "mono") -> ModuleType:
     if current is None and runtime == "coreclr":
         os.environ["DOTNET_ROOT"] = str(coreclr_root())  # clr_loader finds the runtimes through it
         os.environ.setdefault("DOTNET_CLI_TELEMETRY_OPTOUT", "1")
-        pythonnet.load("coreclr", dotnet_root=str(coreclr_root()))
+        from clr_loader import DotnetCoreRuntimeSpec
+
+        root = coreclr_root()
+        version = coreclr_version()
+        # name the runtime: left alone, clr_loader asks any `dotnet` on PATH first and may pick a system one
+        spec = DotnetCoreRuntimeSpec("Microsoft.NETCore.App", version, root / "shared" / "Microsoft.NETCore.App" / version)
+        pythonnet.load("coreclr", dotnet_root=str(root), runtime_spec=spec)
 
     # Mono's default (hybrid) thread suspend deadlocks here: a thread waiting for the GIL inside a
     # call from C# into Python never reaches a GC safepoint, while the GIL's holder waits for the GC

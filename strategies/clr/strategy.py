@@ -178,9 +178,10 @@ class ClrSession(Session):
 
 
 class ClrStrategy(Strategy):
+    """The base of every clr-* strategy: which CLR, the C# build, and the runtime versions."""
+
     languages = ("csharp",)
     python_at_deployment = True  # overridden by routes with no Python in them
-    """The base of every clr-* strategy: which CLR, the C# build, and the runtime versions."""
 
     needs_artifacts = True  # the compiled C# assembly, shared by every model
     prepare_hint = "the first one compiles the C# side with mcs, about two seconds"
@@ -215,12 +216,16 @@ class ClrStrategy(Strategy):
 
         if settings.get("runtime") is not None:
             build.check_runtime(settings["runtime"])
+            reason = build.missing(settings["runtime"])
+            if reason:
+                raise ValueError(reason)
 
     def runtime_versions(self) -> dict[str, str]:
         from strategies.clr import build
 
-        runtime = self.fixed_runtime() or build.default_runtime()
-        versions = {"clr": build.runtime_label(runtime), "mono": build.mono_version(), "pythonnet": package_version("pythonnet")}
+        versions = {"mono": build.mono_version(), "pythonnet": package_version("pythonnet")}
+        if self.fixed_runtime():
+            versions["clr"] = build.runtime_label(self.fixed_runtime())
         if build.coreclr_root() is not None:
             versions["coreclr"] = build.coreclr_version()
         return versions
@@ -270,6 +275,7 @@ class ClrCallerSession(Session):
         self.outputs = list(model.spec.outputs)
         self._lock = threading.Lock()
         self._callers: dict[tuple[int, ...], tuple[list[np.ndarray], Any]] = {}
+        self._retired: list[tuple[list[np.ndarray], Any]] = []
         self.load_threads: dict[str, list[int]] = {}
 
     def new_caller(self, dtypes: Any, shapes: Any, addresses: Any) -> Any:
@@ -295,10 +301,8 @@ class ClrCallerSession(Session):
             return hit[1]
         caller = self._new_caller(arrays)
         with self._lock:
-            if len(self._callers) >= 16:
-                _, old = self._callers.pop(next(iter(self._callers)))
-                if hasattr(old, "Dispose"):
-                    old.Dispose()
+            if len(self._callers) >= 16:  # forgotten, not disposed: a thread may still be inside it (close() disposes)
+                self._retired.append(self._callers.pop(next(iter(self._callers))))
             self._callers[key] = (arrays, caller)  # the arrays stay referenced, so their ids stay unique
         return caller
 
@@ -325,8 +329,10 @@ class ClrCallerSession(Session):
 
     def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
         """The callers are C# threads, each with its own .NET inputs and outputs."""
-        net = [self._new_caller([np.array(inputs[n], order="C", copy=True) for n in self.names]) for _ in range(callers)]
+        net: list[Any] = []
         try:
+            for _ in range(callers):
+                net.append(self._new_caller([np.array(inputs[n], order="C", copy=True) for n in self.names]))
             timings, self.load_threads = ClrSession._invoke(closed_loop_in_clr, self._ib, net, duration_s, warmup_s)
         finally:
             for c in net:
@@ -341,7 +347,8 @@ class ClrCallerSession(Session):
 
     def close(self) -> None:
         with self._lock:
-            callers, self._callers = self._callers, {}
-        for _, c in callers.values():
+            callers, self._callers = [*self._callers.values(), *self._retired], {}
+            self._retired = []
+        for _, c in callers:
             if hasattr(c, "Dispose"):
                 c.Dispose()

@@ -41,6 +41,7 @@ class ClrOrtSession(ClrCallerSession):
         self.ort = self._invoke(self._ib.OrtRunner, str(ort_library()), str(path), options.threads, LEVELS[level], spinning)
         names = list(self.ort.InputNames)
         if sorted(names) != sorted(self.names):
+            self.ort.Dispose()
             raise RuntimeError(f"the ONNX file's inputs {names} are not the model's {self.names}")
         self.names = names  # the order the C# caller passes them in
         self.outputs = list(self.ort.OutputNames)
