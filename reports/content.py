@@ -16,7 +16,7 @@ from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import plots
 from reports.claims import answer as answer_claims
-from reports.decision import LANGUAGE_NAMES, Block, Constraints, decide
+from reports.decision import LANGUAGE_NAMES, NOT_MEASURED, Block, Constraints, decide
 from reports.decision import to_json as decision_json
 from reports.tables import (
     BASELINE,
@@ -482,7 +482,7 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
                       policies: bool) -> Section:
     sec = Section("caller", "Decision by caller language")
     sec.text.append("Per caller language, model and batch size, one caller: the strategies that language can call, "
-                    "ranked by median latency (p99, throughput and memory beside it); every other strategy with its "
+                    "ranked by median latency (p99 beside it; throughput and memory in decision.json and below); every other strategy with its "
                     f"reason. Constraints: {constraints.describe()}. `=` marks a tie with the first.")
     for b in blocks:
         who = LANGUAGE_NAMES[b.caller]
@@ -492,13 +492,17 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
             ranked = "; ".join(("= " if r.tie_with_first else "") + f"{r.strategy} {fmt_ms(r.p50_ms)}"
                                + (f" (p99 {fmt_ms(r.p99_ms)})" if r.p99_ms is not None else "")
                                + (f" [{r.note}]" if r.note else "") for r in c.eligible) or "-"
-            other = [f"{s}: {why}" for s, why in c.excluded if not _cannot(facts.get(s.partition("@")[0]) or {}, b.caller)]
+            other = [f"{s}: {why}" for s, why in c.excluded
+                     if not _cannot(facts.get(s.partition("@")[0]) or {}, b.caller) and why != NOT_MEASURED]
             rows.append([c.model, str(c.batch), str(c.threads)] + ([c.malloc] if policies else [])
                         + [ranked, "; ".join(other) or "-"])
             sec.text.append(f"From {who}, {c.model} batch {c.batch}" + (f", {c.malloc}" if policies else "")
                             + f": {c.sentence()}.")
         if cannot:
             sec.text.append(f"A {who} application cannot call: {', '.join(cannot)}.")
+        unmeasured = sorted({s for c in b.cells for s, why in c.excluded if why == NOT_MEASURED})
+        if unmeasured:
+            sec.text.append(f"{who} routes not measured in this run: {', '.join(unmeasured)}.")
         sec.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
                                 + [f"{who}: ranked (p50)", "not ranked here, and why"], rows))
     return sec

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES
 
+NOT_MEASURED = "not measured in this run"
 LANGUAGE_NAMES = {"python": "Python", "csharp": "C#", "cpp": "C++", "any": "any language (a network service)"}
 
 
@@ -156,7 +157,7 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
             for name, f in sorted(facts.items()):
                 if name not in measured and not any(s.partition("@")[0] == name for s in measured) \
                         and not _reason_for_language(f, caller):
-                    cd.excluded.append((name, "not measured in this run"))
+                    cd.excluded.append((name, NOT_MEASURED))
             cells.append(cd)
         blocks.append(Block(caller, cells))
     return blocks
