@@ -211,9 +211,21 @@ class ClrStrategy(Strategy):
 
         return build.missing(variant)
 
+    #: the [strategy.NAME] settings of this route that are true or false
+    bool_settings: ClassVar[tuple[str, ...]] = ()
+
+    def prepare(self, model: ModelHandle, out_dir: Path) -> None:
+        """Every clr-* route's artifact: the one compiled assembly (cached by its sources' hash)."""
+        from strategies.clr import build
+
+        (out_dir / "assembly.txt").write_text(f"{build.build()}\n")
+
     def check_settings(self, settings: Any) -> None:
         from strategies.clr import build
 
+        for key in self.bool_settings:
+            if key in settings and not isinstance(settings[key], bool):
+                raise ValueError(f"{key} must be true or false, not {settings[key]!r}")
         if settings.get("runtime") is not None:
             build.check_runtime(settings["runtime"])
             reason = build.missing(settings["runtime"])
@@ -236,12 +248,6 @@ class _Clr(ClrStrategy):
 
     def runtime_versions(self) -> dict[str, str]:
         return {**super().runtime_versions(), "torch": package_version("torch")}
-
-    def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from strategies.clr import build
-
-        dll = build.build()
-        (out_dir / "assembly.txt").write_text(f"{dll}\n")
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return ClrSession(model, options, self.naive)

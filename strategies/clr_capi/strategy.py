@@ -78,6 +78,7 @@ class ClrCapiSession(ClrCallerSession):
 @register
 class ClrCapi(ClrStrategy):
     settings_keys = ("keep_thread_state",)  # and `runtime`, from the flag
+    bool_settings = ("keep_thread_state",)
     name = "clr-capi"
     summary = "C# embeds CPython through its C API (P/Invoke, GIL per call), zero-copy memoryviews in, buffer protocol out"
 
@@ -88,19 +89,8 @@ class ClrCapi(ClrStrategy):
             return Availability(False, str(e))
         return super().available()
 
-    def check_settings(self, settings: Any) -> None:
-        super().check_settings(settings)
-        if "keep_thread_state" in settings and not isinstance(settings["keep_thread_state"], bool):
-            raise ValueError(f"keep_thread_state must be true or false, not {settings['keep_thread_state']!r}")
-
     def runtime_versions(self) -> dict[str, str]:
         return {**super().runtime_versions(), "torch": package_version("torch")}
-
-    def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from strategies.clr import build
-
-        dll = build.build()
-        (out_dir / "assembly.txt").write_text(f"{dll}\n")
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return ClrCapiSession(model, options)

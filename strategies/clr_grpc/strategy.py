@@ -92,11 +92,6 @@ class _ClrGrpc(ClrStrategy):
         return {"clr": build.runtime_label("coreclr"), "pythonnet": package_version("pythonnet"),
                 **{d: package_version(d) for d in ("grpcio", "protobuf", "torch")}}
 
-    def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from strategies.clr import build
-
-        (out_dir / "assembly.txt").write_text(f"{build.build()}\n")
-
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return ClrGrpcSession(model, options, self.transport)
 

@@ -85,6 +85,7 @@ class ClrOnnxRuntime(ClrStrategy):
     prepare_hint = "the first one exports the model to ONNX (shared with onnxruntime) and compiles the C# side"
     concurrent_calls = True
     cli_flags = (RUNTIME_FLAG, VARIANT_FLAG)
+    bool_settings = ("reuse_outputs",)
     settings_keys = ("spinning", "reuse_outputs")  # and `runtime`, `variant` from the flags
 
     def available(self) -> Availability:
@@ -101,8 +102,6 @@ class ClrOnnxRuntime(ClrStrategy):
     def check_settings(self, settings: Any) -> None:
         super().check_settings(settings)
         check_ort_settings(settings)
-        if "reuse_outputs" in settings and not isinstance(settings["reuse_outputs"], bool):
-            raise ValueError(f"reuse_outputs must be true or false, not {settings['reuse_outputs']!r}")
 
     def runtime_versions(self) -> dict[str, str]:
         return {**super().runtime_versions(), "onnxruntime (C library)": package_version("onnxruntime"),
