@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import strategies
-from bench.config import PROFILES, build_config, format_size, load_config_file, make_custom_model
+from bench.config import (
+    DEFAULT_SCENARIOS,
+    PROFILES,
+    build_config,
+    format_size,
+    load_config_file,
+    make_custom_model,
+)
 from bench.errors import UserError
 from bench.results import RunDir, RunLock, check_run_id, resolve_run
 
@@ -44,7 +51,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="C allocator of every process a cell uses, comma-separated to compare several: default "
                         "(glibc as shipped, what an application gets), steady (glibc keeping freed memory), "
                         "jemalloc, tcmalloc (preloaded from the OS packages)")
-    r.add_argument("--plugin", action="append", default=None, help="module that registers extra strategies")
+    r.add_argument("--plugin", action="append", default=None, help="module that registers extra strategies or scenarios")
+    from bench import scenarios
+
+    sc = r.add_argument_group("scenarios (what is measured)")
+    sc.add_argument("--scenarios", help=f"comma-separated, in run order, of {', '.join(scenarios.names())} "
+                                        "(default: the profile's; `bench list` says what each measures)")
+    owners: dict[str, list[str]] = {}
+    helps: dict[str, str] = {}
+    for name in scenarios.names():
+        for opt in scenarios.get(name).options.values():
+            if opt.flag:
+                owners.setdefault(opt.flag, []).append(name)
+                helps.setdefault(opt.flag, opt.help)
+    for flag, names in owners.items():
+        sc.add_argument(flag, dest=_scenario_dest(flag), metavar=flag.lstrip("-").replace("-", "_").upper(), help=f"{', '.join(names)}: {helps[flag]}")
     g = r.add_argument_group("bring your own model")
     g.add_argument("--model-factory", help="package.module:callable returning a torch.nn.Module")
     g.add_argument("--model-inputs", help="input spec, e.g. 'x:float32[batch,16]=-1..1; ids:int64[batch,8]=0..100'")
@@ -189,19 +210,34 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("\nProfiles:")
     for name, p in PROFILES.items():
         print(f"  {name:<8} models={','.join(p['models'])} batch={p['batch_sizes']} threads={p['threads']} "
-              f"concurrency={p['concurrency']} payload={','.join(p['payload_sizes'])} max_time={p['sampling'].max_time_s}s")
+              f"concurrency={p['concurrency']} payload={','.join(p['payload_sizes']) or '-'} max_time={p['sampling'].max_time_s}s "
+              f"scenarios={','.join(p.get('scenarios', DEFAULT_SCENARIOS))}")
+    from bench import scenarios
+
+    print("\nScenarios (--scenarios):")
+    for name in scenarios.names():
+        print(f"  {name:<12} {scenarios.get(name).summary}")
     return 0
 
 
 # -- run --------------------------------------------------------------------------------------------
-MATRIX_FLAGS = ("config", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency",
+def _scenario_dest(flag: str) -> str:
+    return "scenario__" + flag.lstrip("-").replace("-", "_")
+
+
+MATRIX_FLAGS = ("scenarios", "config", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency",
                 "payload_sizes", "seed", "model_factory", "plugin", "cpus", "malloc", "shard")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import scenarios
     from fixtures.specs import parse_input_spec
 
     o: dict[str, Any] = {
+        "scenarios": args.scenarios,
+        "scenario_flags": {opt.flag: getattr(args, _scenario_dest(opt.flag))
+                           for name in scenarios.names() for opt in scenarios.get(name).options.values()
+                           if opt.flag and getattr(args, _scenario_dest(opt.flag), None) is not None},
         "profile": args.profile, "models": args.models, "strategies": args.strategies,
         "batch_sizes": args.batch_sizes, "threads": args.threads, "concurrency": args.concurrency,
         "payload_sizes": args.payload_sizes, "seed": args.seed, "cpus": args.cpus,
@@ -253,6 +289,7 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
 
     if args.resume:
         given = [f for f in MATRIX_FLAGS if getattr(args, f, None) not in (None, [], False)]
+        given += [d.removeprefix("scenario__") for d in vars(args) if d.startswith("scenario__") and getattr(args, d) is not None]
         if given:
             raise UserError(f"--resume reuses the run's own matrix; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
         run = resolve_run(args.resume, args.out)
@@ -294,8 +331,9 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
         run.write_meta(meta)
     print(f"run {run.id}: {len(cells)} cells ({len(cfg.models)} models x {len(cfg.strategies)} strategies x "
           f"batch {cfg.batch_sizes} x threads {cfg.threads} x concurrency {cfg.concurrency}"
-          + (f" + payload sweep {', '.join(format_size(s) for s in cfg.payload_sizes)}" if cfg.payload_sizes else "")
-          + f"), profile {cfg.profile}", file=sys.stderr)
+          + (f" + payload sweep {', '.join(format_size(s) for s in cfg.payload_sizes)}"
+             if cfg.payload_sizes and "payload" in cfg.scenarios else "")
+          + f"), scenarios {','.join(cfg.scenarios)}, profile {cfg.profile}", file=sys.stderr)
     print(f"results: {run.path}" + (f" (shard {args.shard}: {len(cells)} of the matrix's cells)" if args.shard else ""),
           file=sys.stderr)
     from bench.cache import default_cache_dir
@@ -310,6 +348,7 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     runner = Runner(cfg, run, cells=cells)
+    t_run = time.perf_counter()
     try:
         outcome = runner.execute()
     except KeyboardInterrupt:
@@ -329,6 +368,11 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
     _publish(run, args)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     print(f"{outcome.ran} cells run ({counts or 'none'}), {outcome.skipped_existing} kept from before", file=sys.stderr)
+    wall = time.perf_counter() - t_run
+    if outcome.ran and wall > 0:
+        print(f"efficiency: {outcome.measuring_s / wall:.0%} of the run's {wall / 60:.1f} min went into measuring "
+              f"({outcome.measuring_s / 60:.1f} min; the rest is process start-up, imports, builds, servers, "
+              f"first calls and warm-up)", file=sys.stderr)
     status = 0
     results = run.load_cells(samples=False)
     if args.strict:
@@ -414,11 +458,21 @@ def _publish(run: RunDir, args: argparse.Namespace) -> None:
 
 
 def print_summary(run: RunDir) -> None:
+    from bench import scenarios
+    from bench.runner import describe_outcome
     from reports.tables import allocator_flips, decisions, terminal_table
 
     df = run.frame()
-    print(terminal_table(df))
-    for flip in allocator_flips(decisions(df)):
+    standing = {n for n in scenarios.names() if scenarios.get(n).fixed_sections}
+    main = df[df.scenario.isin(standing)].reset_index(drop=True)
+    if len(main) or len(main) == len(df):
+        print(terminal_table(main))
+    others = [r for r in run.load_cells(samples=False) if r["cell"]["scenario"] not in standing]
+    if others:
+        w = max(len(r["cell"]["id"]) for r in others)
+        for r in sorted(others, key=lambda r: (r["cell"]["scenario"], r["cell"]["model"], r["cell"]["strategy"])):
+            print(f"{r['cell']['id']:<{w}}  {describe_outcome(r)}")
+    for flip in allocator_flips(decisions(main)):
         print("allocator-dependent ranking: " + flip.replace("**", ""))
 
 
@@ -558,8 +612,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugins_in(argv: list[str]) -> list[str]:
+    """The --plugin modules on the command line, imported before the parser is built so that the
+    flags of the strategies and scenarios they register are known."""
+    out = []
+    for i, a in enumerate(argv):
+        if a == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--plugin="):
+            out.append(a.split("=", 1)[1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        plugins = _plugins_in(sys.argv[1:] if argv is None else argv)
+        if plugins:
+            from bench import scenarios
+
+            strategies.discover(plugins)
+            scenarios.discover(plugins)
         args, extra = _parser().parse_known_args(argv)
         if extra:  # named against the subcommand they were given to, whose --help lists its flags
             raise UserError(f"unrecognized arguments: {' '.join(extra)} (see `python -m bench {args.command} --help`)")

@@ -17,6 +17,7 @@ test of the same cell, and its ratio must clear the threshold in its own directi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -116,30 +117,45 @@ def _verdict(ratio_lo: float, ratio_hi: float, p: float, better: str, threshold:
 def compare_cells(base_cells: list[dict[str, Any]], new_cells: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD,
                   alpha: float = DEFAULT_ALPHA, concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD,
                   ) -> tuple[list[Change], list[str], list[str]]:
+    """Every cell's latency samples, then the figures its scenario names (``Scenario.metrics``)."""
+    from bench import scenarios
+    from bench.results import Cell, summary_frame
+
     valid_base = {r["cell"]["id"]: r for r in base_cells if r["status"] == "ok" and r.get("samples_ns")}
     valid_new = {r["cell"]["id"]: r for r in new_cells if r["status"] == "ok" and r.get("samples_ns")}
+    common = sorted(set(valid_base) & set(valid_new))
+    frames = [summary_frame([v[c] for c in common]).set_index("cell_id") if common else None for v in (valid_base, valid_new)]
     rng = np.random.default_rng(0)
     changes: list[Change] = []
-    for cid in sorted(set(valid_base) & set(valid_new)):
+    for cid in common:
         b, n = valid_base[cid], valid_new[cid]
+        scenario = scenarios.lookup(Cell.from_json(b["cell"]).scenario)
         a = np.asarray(b["samples_ns"], dtype=np.float64)
         c = np.asarray(n["samples_ns"], dtype=np.float64)
         ma, mc = float(np.median(a)), float(np.median(c))
         lo, hi = ratio_ci(a, c, rng)
         p = mann_whitney_p(a, c)
-        several = b["cell"]["concurrency"] > 1
-        th = concurrent_threshold if several else threshold
+        th = concurrent_threshold if scenario.latency_threshold is not None else threshold
         changes.append(Change(cid, "latency p50", "lower", ma / 1e9, mc / 1e9, mc / ma, lo, hi, p,
                               _verdict(lo, hi, p, "lower", th, alpha)))
-        if several:
-            tb, tn = b["throughput"]["samples_per_s"], n["throughput"]["samples_per_s"]
-            r = tn / tb
-            # no samples of its own: the latency interval, inverted, bounds it (closed loop: X = N / latency)
-            tlo, thi = 1 / hi, 1 / lo
-            v = _verdict(tlo, thi, p, "higher", th, alpha)
-            if v == "regression" and r > 1 / (1 + th) or v == "improvement" and r < 1 + th:
-                v = "unchanged"  # the measured throughput itself must agree
-            changes.append(Change(cid, "throughput", "higher", tb, tn, r, None, None, p, v))
+        for m in scenario.metrics:
+            vb, vn = (f.at[cid, m.key] if m.key in f.columns else None for f in frames)
+            if vb is None or vn is None or not (vb == vb and vn == vn) or vb <= 0:  # missing or NaN
+                continue
+            r = float(vn) / float(vb)
+            if m.follows_latency:
+                # no samples of its own: the latency interval, inverted, bounds it (closed loop: X = N / latency)
+                mth = concurrent_threshold
+                v = _verdict(1 / hi, 1 / lo, p, m.better, mth, alpha) if m.better == "higher" else _verdict(lo, hi, p, m.better, mth, alpha)
+            else:
+                mth = m.threshold
+                worse = r if m.better == "lower" else 1 / r if r > 0 else math.inf
+                v = "regression" if worse >= 1 + mth else "improvement" if worse <= 1 / (1 + mth) else "unchanged"
+            if v == "regression" and (r > 1 / (1 + mth) if m.better == "higher" else r < 1 + mth) \
+                    or v == "improvement" and (r < 1 + mth if m.better == "higher" else r > 1 / (1 + mth)):
+                v = "unchanged"  # the measured figure itself must agree
+            changes.append(Change(cid, m.label, m.better, float(vb), float(vn), r, None, None,
+                                  p if m.follows_latency else None, v))
     return changes, sorted(set(valid_base) - set(valid_new)), sorted(set(valid_new) - set(valid_base))
 
 
@@ -179,6 +195,11 @@ def _keyed(cells: list[dict[str, Any]], policies: list[str], qualify: bool) -> l
 def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
                  concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD) -> Comparison:
     bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
+    from bench import scenarios
+
+    for r in (base, new):  # the runs' plug-ins, for their scenarios' metrics (gone ones: latency only)
+        with contextlib.suppress(Exception):
+            scenarios.discover((r.meta().get("config") or {}).get("plugins") or [])
     qualify = len(bm) > 1 or len(nm) > 1  # a run that compared allocators names the policy in its ids
     changes, only_base, only_new = compare_cells(_keyed(base.load_cells(), bm, qualify), _keyed(new.load_cells(), nm, qualify),
                                                  threshold, alpha, concurrent_threshold)
@@ -197,11 +218,15 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
 def _fmt_value(metric: str, v: float) -> str:
     from bench.runner import fmt_time
 
-    return f"{v:,.0f}/s" if metric == "throughput" else fmt_time(v)
+    if metric.startswith("latency"):
+        return fmt_time(v)
+    return f"{v:,.0f}/s" if metric == "throughput" or "rate" in metric else f"{v:,.3g}"
 
 
 def format_ci(c: Change) -> str:
-    return "(latency's)" if c.ci_low is None else f"[{c.ci_low:.3f}, {c.ci_high:.3f}]"
+    if c.ci_low is None:
+        return "(latency's)" if c.p_value is not None else "(ratio only)"
+    return f"[{c.ci_low:.3f}, {c.ci_high:.3f}]"
 
 
 def _n(k: int, word: str) -> str:
@@ -223,7 +248,8 @@ def format_comparison(cmp: Comparison) -> str:
         lines.append(f"  {'cell':<{width}}  {'metric':<12} {'base':>11} {'new':>11} {'ratio':>7}  {'95% CI':<15} {'p':>8}")
         for c in sorted(rows, key=lambda c: -abs(math.log(c.ratio))):
             lines.append(f"  {c.cell_id:<{width}}  {c.metric:<12} {_fmt_value(c.metric, c.base):>11} "
-                         f"{_fmt_value(c.metric, c.new):>11} {c.ratio:>6.3f}x  {format_ci(c):<15}  {c.p_value:>8.1e}")
+                         f"{_fmt_value(c.metric, c.new):>11} {c.ratio:>6.3f}x  {format_ci(c):<15}  "
+                         + (f"{c.p_value:>8.1e}" if c.p_value is not None else f"{'-':>8}"))
     if cmp.broken:
         lines.append(f"\nBROKEN ({len(cmp.broken)}): valid in {cmp.base}, failed or wrong in {cmp.new}: {', '.join(cmp.broken)}")
     unchanged = len(cmp.changes) - len(cmp.regressions) - len(cmp.improvements)

@@ -77,9 +77,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sampling": SamplingConfig(warmup_s=0.1, min_time_s=0.2, max_time_s=0.6, concurrency_s=0.5,
                                    target_rel_ci=0.02),
     },
+    "service": {  # the service question: the highest request rate within a p99 budget, and latency against rate
+        "models": ["mlp", "cnn", "transformer"],
+        "batch_sizes": [1],
+        "threads": [1],
+        "concurrency": [1],
+        "payload_sizes": [],
+        "scenarios": ["latency", "slo"],
+        "scenario_defaults": {"slo": {"p99": "10ms"}},
+        "sampling": SamplingConfig(),
+    },
 }
 
-TOP_KEYS = {"profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
+DEFAULT_SCENARIOS = ("latency", "closed-loop", "payload")  # what runs made before scenarios measured
+TOP_KEYS = {"scenarios", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
             "payload_sweep", "sampling", "strategy", "model", "cpus", "malloc", "decision"}
 MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description"}
 PAYLOAD_SWEEP_KEYS = {"sizes", "strategies"}
@@ -165,6 +176,8 @@ class RunConfig:
     strategy_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
     decision: dict[str, Any] = field(default_factory=dict)  # the reviewer's constraints (reports.decision)
+    scenarios: list[str] = field(default_factory=lambda: list(DEFAULT_SCENARIOS))  # bench.scenarios, in run order
+    scenario_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # each scenario's validated options
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.custom_models.get(name) or BUILTIN_MODELS[name]
@@ -181,7 +194,9 @@ class RunConfig:
         d["malloc"] = allocator.of_run(d)
         d["sampling"] = SamplingConfig.from_json(d.get("sampling", {}))
         d["custom_models"] = {k: ModelSpec.from_json(v) for k, v in d.get("custom_models", {}).items()}
-        return cls(**d)
+        d.setdefault("scenarios", list(DEFAULT_SCENARIOS))  # runs made before scenarios were named
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _int_list(key: str, value: Any, minimum: int = 1, maximum: int | None = None) -> list[int]:
@@ -311,7 +326,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
-    unknown_keys(f"config file {path}", data, TOP_KEYS)
+    unknown_keys(f"config file {path}", data, top_keys())
     return data
 
 
@@ -332,9 +347,45 @@ def _sampling_value(k: str, v: Any) -> float | int:
     return int(v) if count else float(v)
 
 
+def top_keys() -> set[str]:
+    """The config file's keys: the fixed ones and each scenario's options table."""
+    from bench import scenarios
+
+    return TOP_KEYS | {scenarios.get(n).table for n in scenarios.names() if scenarios.get(n).table}
+
+
+def _scenarios(cfg: RunConfig, file_data: dict[str, Any], merged: dict[str, Any], overrides: dict[str, Any],
+               base: dict[str, Any]) -> None:
+    """Which scenarios run, in order, and each one's options (its table <- its flags). A flag for a
+    scenario the run does not include is refused: it would silently do nothing."""
+    from bench import scenarios
+
+    scenarios.discover(cfg.plugins)
+    cfg.scenarios = _str_list("scenarios", merged.get("scenarios", base.get("scenarios", list(DEFAULT_SCENARIOS))))
+    if not cfg.scenarios:
+        raise UserError(f"scenarios must name at least one of {', '.join(scenarios.names())}")
+    for name in cfg.scenarios:
+        scenarios.get(name)  # an unknown one: its error lists the known
+    flags = overrides.get("scenario_flags") or {}  # flag -> value; a flag may set a key of several scenarios
+    owned: set[str] = set()
+    for name in cfg.scenarios:
+        sc = scenarios.get(name)
+        given = {k: flags[o.flag] for k, o in sc.options.items() if o.flag and flags.get(o.flag) is not None}
+        owned.update(sc.options[k].flag for k in given)
+        table = file_data.get(sc.table, {}) if sc.table else {}
+        if isinstance(table, dict):  # the profile's defaults for it under the file's (a non-table: configure's error)
+            table = {**base.get("scenario_defaults", {}).get(name, {}), **table}
+        cfg.scenario_options[name] = sc.configure(table, given)
+    for flag in flags:
+        if flag not in owned and flags[flag] is not None:
+            names = [n for n in scenarios.names() if any(o.flag == flag for o in scenarios.get(n).options.values())]
+            raise UserError(f"{flag} applies to the {' or '.join(names)} scenario, which this run does not include "
+                            f"(add it: --scenarios {','.join([*cfg.scenarios, names[0]])})")
+
+
 def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available_strategies: list[str]) -> RunConfig:
     """Profile <- file <- flags. ``overrides`` holds only the flags the user gave."""
-    unknown_keys("the config", file_data, TOP_KEYS)
+    unknown_keys("the config", file_data, top_keys())
     merged = {**file_data, **{k: v for k, v in overrides.items() if v is not None and k != "strategy_settings"}}
     profile = merged.get("profile", "default")
     if not isinstance(profile, str) or profile not in PROFILES:
@@ -376,6 +427,7 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
     cfg.seed = seed
     cfg.plugins = _str_list("plugins", merged.get("plugins", []))
+    _scenarios(cfg, file_data, merged, overrides, base)
     cfg.cpus = parse_cpus(merged["cpus"]) if merged.get("cpus") not in (None, "", []) else []
     if cfg.cpus and max(cfg.threads) > len(cfg.cpus):
         raise UserError(f"threads {max(cfg.threads)} need at least that many CPUs, but cpus lists {len(cfg.cpus)}: {cfg.cpus}")

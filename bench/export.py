@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.results import RunDir
+from bench.scenarios import LEGACY
 
 
 def _stats(samples_ns: list[int]) -> dict[str, Any]:
@@ -49,11 +50,14 @@ def to_pytest_benchmark(run: RunDir) -> dict[str, Any]:
             continue
         c = r["cell"]
         benchmarks.append({
-            "group": f"{c['model']} b{c['batch']} t{c['threads']} c{c['concurrency']}" + (f" {c['malloc']}" if c.get("malloc") else ""),
+            "group": f"{c['model']} b{c['batch']} t{c['threads']} c{c['concurrency']}" + (f" {c['malloc']}" if c.get("malloc") else "")
+                     + (f" {c['scenario']}" + (f"@{c['point']}" if c.get("point") else "") if c["scenario"] not in LEGACY else ""),
             "name": c["id"], "fullname": f"interop-bench::{c['id']}",
-            "params": {k: c[k] for k in ("model", "strategy", "batch", "threads", "concurrency", "malloc") if k in c},
+            "params": {k: c[k] for k in ("scenario", "point", "model", "strategy", "batch", "threads", "concurrency", "malloc") if k in c},
             "param": c["id"], "extra_info": {"throughput_samples_per_s": (r.get("throughput") or {}).get("samples_per_s"),
-                                             "cold_start_s": r.get("cold_start_s")},
+                                             "cold_start_s": r.get("cold_start_s"),
+                                             "cpu_s_per_inference": (r.get("cpu") or {}).get("s_per_inference"),
+                                             **(r.get("figures") or {})},
             "options": {"disable_gc": False, "timer": "perf_counter_ns", "min_rounds": 1, "max_time": None,
                         "min_time": None, "precision": None, "confidence": None, "warmup": True},
             "stats": _stats(r["samples_ns"]),

@@ -77,18 +77,25 @@ def atomic_write_json(path: Path, obj: Any, indent: int | None = 1) -> None:
 
 @dataclass(frozen=True, order=True)
 class Cell:
-    """One point of the matrix, measured in its own worker process."""
+    """One point of the matrix, measured in its own worker process: the one key type every module
+    uses (ids in files, resumes, comparisons and history are ``Cell.id``)."""
 
     model: str
     strategy: str
     batch: int
     threads: int
-    concurrency: int
+    concurrency: int  # callers (closed loop), or the callers serving arrivals (open loop)
     malloc: str = ""  # the allocator policy, where a run compares several; "" when the run has one
+    scenario: str = "latency"  # bench.scenarios: what is measured
+    point: str = ""  # the scenario's point, if it has several per cell (an arrival rate: "200rps")
 
     @property
     def id(self) -> str:
         base = f"{self.model}/{self.strategy}/b{self.batch}/t{self.threads}/c{self.concurrency}"
+        from bench import scenarios
+
+        if self.scenario not in scenarios.LEGACY:  # the measurements older runs made keep their ids
+            base += f"/{self.scenario}" + (f"@{self.point}" if self.point else "")
         return f"{base}/{self.malloc}" if self.malloc else base
 
     @property
@@ -100,8 +107,10 @@ class Cell:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Cell:
+        from bench import scenarios
+
         return cls(d["model"], d["strategy"], int(d["batch"]), int(d["threads"]), int(d["concurrency"]),
-                   d.get("malloc", ""))
+                   d.get("malloc", ""), scenarios.infer(d), str(d.get("point", "")))
 
 
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII)
@@ -209,8 +218,11 @@ class RunDir:
                 r = json.loads(f.read_text())
             except json.JSONDecodeError:
                 continue  # cannot happen with atomic writes; tolerate a hand-edited file
+            if not isinstance(r, dict) or not isinstance(r.get("cell"), dict):
+                continue
             if not samples:
                 r.pop("samples_ns", None)
+            r["cell"] = Cell.from_json(r["cell"]).to_json()  # older records gain their scenario
             out.append(r)
         return out
 
@@ -232,14 +244,23 @@ def _get(d: dict | None, *keys: str, default: Any = None) -> Any:
 
 
 SUMMARY_COLUMNS = [
-    "run_id", "cell_id", "model", "strategy", "batch", "threads", "concurrency", "malloc", "status", "valid",
+    "run_id", "cell_id", "scenario", "point", "model", "strategy", "batch", "threads", "concurrency", "malloc",
+    "status", "valid",
     "error", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "iqr_ms", "ci_low_ms", "ci_high_ms",
     "max_ms", "p99_ci_low_ms", "p99_ci_high_ms",
     "rel_ci", "noisy", "converged", "samples", "throughput_sps", "calls_per_s", "cold_start_ms",
     "first_call_ms", "open_ms", "prepare_s", "cache_hit", "payload_bytes", "mem_baseline_mb",
     "mem_steady_mb", "mem_peak_mb", "mem_added_mb", "processes", "max_abs_err", "max_rel_err",
-    "vs_torch_p50",
+    "cpu_ms_per_inference",
 ]
+
+
+def summary_columns() -> list[str]:
+    """The fixed columns, then each registered scenario's own figures, then ``vs_torch_p50``."""
+    from bench import scenarios
+
+    extra = [c for name in scenarios.names() for c in scenarios.get(name).figure_columns]
+    return SUMMARY_COLUMNS + [c for c in dict.fromkeys(extra) if c not in SUMMARY_COLUMNS] + ["vs_torch_p50"]
 
 
 def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
@@ -254,7 +275,9 @@ def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
         corr = r.get("correctness") or {}
         outs = corr.get("outputs", {}).values()
         rows.append({
-            "run_id": run_id, "cell_id": c["id"], "model": c["model"], "strategy": c["strategy"],
+            **{k: v for k, v in (r.get("figures") or {}).items() if isinstance(k, str)},
+            "run_id": run_id, "cell_id": c["id"], "scenario": c.get("scenario", "latency"), "point": c.get("point", ""),
+            "model": c["model"], "strategy": c["strategy"],
             "batch": c["batch"], "threads": c["threads"], "concurrency": c["concurrency"],
             "malloc": c.get("malloc", ""), "status": r["status"], "valid": r["status"] == "ok", "error": r.get("error") or "",
             **{f"{k}_ms": (lat[k] * 1e3 if lat.get(k) is not None else None)
@@ -275,21 +298,25 @@ def summary_frame(results: list[dict[str, Any]], run_id: str = ""):
             "processes": len(_get(r, "memory", "processes", default=[])) or None,
             "max_abs_err": max((o.get("max_abs", 0.0) for o in outs), default=None),
             "max_rel_err": max((o.get("max_rel") or 0.0 for o in outs), default=None),
+            "cpu_ms_per_inference": _scaled(_get(r, "cpu", "s_per_inference"), 1e-3),
         })
-    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS[:-1])
+    columns = summary_columns()
+    seen = [k for row in rows for k in row if k not in columns]  # figures of a scenario not registered here
+    df = pd.DataFrame(rows, columns=columns[:-1] + list(dict.fromkeys(seen)))
     for col in df.columns:  # a column that is None in every row (a p99 nowhere estimable) is still numeric
-        if col.endswith(("_ms", "_mb", "_s")):
+        if col.endswith(("_ms", "_mb", "_s", "_rps", "_fraction", "_per_inference")):
             df[col] = pd.to_numeric(df[col], errors="coerce")
     if df.empty:
         df["vs_torch_p50"] = []
         return df
-    base = df[(df.strategy == "torch") & df.valid].set_index(["model", "batch", "threads", "concurrency", "malloc"])["p50_ms"]
-    keys = list(zip(df.model, df.batch, df.threads, df.concurrency, df.malloc))
+    dims = ["scenario", "point", "model", "batch", "threads", "concurrency", "malloc"]
+    base = df[(df.strategy == "torch") & df.valid].set_index(dims)["p50_ms"]
+    keys = list(zip(*(df[d] for d in dims)))
     df["vs_torch_p50"] = [
         (p / base[k]) if (k in base.index and p is not None and v) else None
         for k, p, v in zip(keys, df.p50_ms, df.valid)
     ]
-    return df.sort_values(["model", "batch", "threads", "concurrency", "malloc", "strategy"]).reset_index(drop=True)
+    return df.sort_values(["model", "batch", "threads", "concurrency", "malloc", "scenario", "point", "strategy"]).reset_index(drop=True)
 
 
 def _ms(s: float | None) -> float | None:

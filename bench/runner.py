@@ -25,7 +25,6 @@ from bench.errors import UserError
 from bench.processes import die_with_parent, kill_group
 from bench.progress import Progress, fmt_duration
 from bench.results import Cell, RunDir, atomic_write_json
-from fixtures.builtin import IDENTITY_ROW_BYTES
 from fixtures.specs import ModelSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,23 +33,14 @@ PREPARE_TIMEOUT_S = 1800.0
 
 
 def build_matrix(cfg: RunConfig) -> list[Cell]:
-    """Main matrix plus the identity payload sweep, deduplicated. Strategies are innermost, so the
-    strategies compared in one row are measured next to each other in time."""
+    """Every scenario's cells, in the run's scenario order, deduplicated (bench.scenarios)."""
+    from bench import scenarios
+
+    scenarios.discover(cfg.plugins)
     cells: dict[str, Cell] = {}
-    policies = cfg.malloc if len(cfg.malloc) > 1 else [""]  # one policy: the run's, not part of the cell
-    for model in cfg.models:
-        for batch in cfg.batch_sizes:
-            for threads in cfg.threads:
-                for conc in cfg.concurrency:
-                    for policy in policies:
-                        for s in cfg.strategies:
-                            c = Cell(model, s, batch, threads, conc, policy)
-                            cells.setdefault(c.id, c)
-    for size in cfg.payload_sizes:
-        for policy in policies:
-            for s in cfg.payload_strategies:
-                c = Cell("identity", s, size // IDENTITY_ROW_BYTES, cfg.threads[0], 1, policy)
-                cells.setdefault(c.id, c)
+    for name in cfg.scenarios:
+        for c in scenarios.get(name).cells(cfg, cfg.scenario_options.get(name, {})):
+            cells.setdefault(c.id, c)
     return list(cells.values())
 
 
@@ -154,6 +144,7 @@ class RunOutcome:
     ran: int = 0
     skipped_existing: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    measuring_s: float = 0.0  # the cells' time inside their scenario's measurement
 
 
 class Runner:
@@ -165,10 +156,30 @@ class Runner:
         self.cells = build_matrix(cfg) if cells is None else cells
         self.progress = progress or Progress(len(self.cells))
         self.work = run.path / ".work"
+        self.generator: dict[str, Any] = {}
 
-    def _timeout(self) -> float:
-        s = self.cfg.sampling
-        return STARTUP_ALLOWANCE_S + s.warmup_s * 4 + s.max_time_s * 2 + s.concurrency_s * 2
+    def _timeout(self, cell: Cell) -> float:
+        from bench import scenarios
+
+        return STARTUP_ALLOWANCE_S + scenarios.get(cell.scenario).timeout_s(
+            self.cfg.sampling, self.cfg.scenario_options.get(cell.scenario, {}))
+
+    def load_generator(self) -> dict[str, Any]:
+        """The open-loop generator's own ceiling on this machine, measured once per run (kept in run.json)."""
+        meta = self.run_dir.meta()
+        if meta.get("load_generator"):
+            return meta["load_generator"]
+        self.progress.note("measuring the open-loop load generator's own ceiling (a session that does nothing) ...")
+        res = spawn_job({"kind": "generator", "callers": 4}, self.work, self.run_dir.logs_dir / "load-generator.log",
+                        PREPARE_TIMEOUT_S, 1, self.cfg.cpus, self.cfg.malloc[0])
+        if not res.get("ok"):
+            self.progress.note(f"  could not measure it: {res.get('error')}; open-loop rates are not checked against it")
+            return {}
+        out = {k: res[k] for k in ("ceiling_rps", "callers", "max_late", "tried")}
+        self.progress.note(f"  {out['ceiling_rps']:,.0f} requests/s with under {out['max_late']:.0%} sent late "
+                           f"(rates above half of it are flagged)")
+        self.run_dir.write_meta({**meta, "load_generator": out})
+        return out
 
     def _result(self, cell: Cell, status: str, **fields: Any) -> dict[str, Any]:
         return {"cell": cell.to_json(), "status": status, **fields}
@@ -223,9 +234,10 @@ class Runner:
             "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
             "reference": str(reference_path(model.ref_dir, cell.batch)), "sampling": self.cfg.sampling.to_json(),
             "settings": strategies.settings_for(cell.strategy, self.cfg.strategy_settings), "plugins": self.cfg.plugins,
+            "scenario_options": self.cfg.scenario_options.get(cell.scenario, {}), "load_generator": self.generator,
         }
         t0 = time.perf_counter()
-        res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(), cell.threads,
+        res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(cell), cell.threads,
                         self.cfg.cpus, cell.malloc or self.cfg.malloc[0])
         res.pop("ok", None)
         if res.get("user_error"):
@@ -249,6 +261,11 @@ class Runner:
         for stale in sweep_temp():
             self.progress.note(f"removed a temporary folder of a process that died: {stale}")
         strategies.discover(self.cfg.plugins)
+        from bench import scenarios
+
+        scenarios.discover(self.cfg.plugins)
+        if any(scenarios.get(c.scenario).needs_load_generator for c in pending):
+            self.generator = self.load_generator()
         strats = {name: strategies.get(name) for name in dict.fromkeys(c.strategy for c in pending)}
         avail = {name: s.available() for name, s in strats.items()}
         for name, a in avail.items():
@@ -278,6 +295,7 @@ class Runner:
                     result = self.run_cell(cell, models[cell.model], prep)
             self.run_dir.write_cell(result)
             self.run_dir.write_summary()
+            outcome.measuring_s += result.get("measure_s") or 0.0
             outcome.ran += 1
             outcome.statuses[result["status"]] = outcome.statuses.get(result["status"], 0) + 1
             self.progress.finish(label, describe_outcome(result))
@@ -285,6 +303,11 @@ class Runner:
 
 
 def describe_outcome(r: dict[str, Any]) -> str:
+    from bench import scenarios
+
+    own = scenarios.lookup(r["cell"].get("scenario", "latency")).describe(r) if r["status"] in ("ok", "invalid") else ""
+    if own:
+        return own + ("  INVALID: " + r.get("error", "") if r["status"] == "invalid" else "")
     if r["status"] in ("ok", "invalid") and r.get("latency"):
         lat = r["latency"]
         p99 = fmt_time(lat["p99"]) if lat.get("p99") is not None else f"n/e (n={lat.get('n')})"

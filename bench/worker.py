@@ -5,8 +5,9 @@ Three jobs, each reading its JSON job file and writing one JSON result atomicall
 - ``probe``: build a model, check its input spec fits, hash its weights, save eager-torch reference
   outputs for each batch size (NumPy .npz, never pickle).
 - ``prepare``: build one strategy's artifacts for one model into the cache.
-- ``cell``: open a strategy, then cold start, warm-up, adaptive sampling or concurrent load,
-  memory of every process, correctness against the references.
+- ``cell``: open a strategy, then cold start, warm-up, the cell's scenario (bench.scenarios), memory
+  and CPU of every process, correctness against the references.
+- ``generator``: the open-loop load generator's own ceiling, against a session that does nothing.
 
 Anything a job raises becomes its result's error; a crash leaves no result, which the runner
 turns into the cell's error. Only JSON and .npz cross the process boundary.
@@ -110,10 +111,14 @@ def _summ(ns: np.ndarray) -> dict[str, Any]:
 
 def cell(job: dict[str, Any]) -> dict[str, Any]:
     import strategies
+    from bench import scenarios
     from bench.correctness import compare_outputs, worst
+    from bench.cpu import CpuMeter
     from bench.environment import THREAD_ENV
-    from bench.measure import SamplingConfig, closed_loop, sample, warm_up
+    from bench.measure import SamplingConfig, warm_up
     from bench.memory import MemoryTracker
+    from bench.results import Cell
+    from bench.scenarios import Context
     from fixtures.specs import ModelSpec, make_inputs
     from strategies.base import ModelHandle, SessionOptions
 
@@ -121,6 +126,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     spec = ModelSpec.from_json(job["model"])
     cfg = SamplingConfig.from_json(job["sampling"])
     strategies.discover(job.get("plugins", []))
+    scenarios.discover(job.get("plugins", []))
     strategy = strategies.get(c["strategy"])
     inputs = make_inputs(spec, c["batch"], job["seed"])
     result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
@@ -128,6 +134,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
                               "thread_env": {k: os.environ.get(k) for k in THREAD_ENV}}
 
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
+    cpu = CpuMeter({os.getpid(): "worker"})
     phases: dict[str, float] = {}
     if job.get("spawned_at"):
         phases["interpreter"] = max(0.0, STARTED - job["spawned_at"])
@@ -144,6 +151,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
         phases["open"] = max(0.0, result["open_s"] - handle.build_s)
         for pid, role in session.pids():
             tracker.add(pid, role)
+            cpu.add(pid, role)
         t1 = time.perf_counter()
         first = session.run(inputs)
         result["first_call_s"] = time.perf_counter() - t1
@@ -155,24 +163,25 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
         result["session"] = session.describe()
         warm_calls, per_call = warm_up(session, inputs, cfg)
         tracker.sample()
-        if c["concurrency"] == 1:
-            s = sample(session, inputs, cfg, per_call, tracker.sample)
-            lat = s.latency_ns
-            result["sampling"] = {"converged": s.converged, "rounds": s.rounds, "wall_s": s.wall_s,
-                                  "warmup_calls": warm_calls, "stop_reason": s.stop_reason}
-            result["phases"] = {k: _summ(v) for k, v in s.phases_ns.items()}
-            calls_per_s = len(lat) / (lat.sum() / 1e9)
-        else:
-            load = closed_loop(session, inputs, c["concurrency"], cfg.concurrency_s, cfg.warmup_s,
-                               tracker.sample)
-            if load.errors:
-                raise RuntimeError(f"concurrent call failed: {load.errors[0]}")
-            if not load.calls:
-                raise RuntimeError("no call completed during the concurrency window")
-            lat = load.latency_ns
-            result["sampling"] = {"converged": True, "rounds": 1, "wall_s": load.wall_s,
-                                  "warmup_calls": warm_calls, "stop_reason": f"{c['concurrency']} callers for {load.wall_s:.1f}s"}
-            calls_per_s = load.calls / load.wall_s
+        scenario = scenarios.get(c.get("scenario", "latency"))
+        ctx = Context(session, inputs, Cell.from_json(c), cfg, job.get("scenario_options") or {}, per_call,
+                      tracker.sample, cpu, strategy.concurrent_calls, job)
+        mark = cpu.mark()
+        t_measure = time.perf_counter()
+        m = scenario.measure(ctx)
+        result["measure_s"] = time.perf_counter() - t_measure  # the run's efficiency: time spent measuring
+        cpu_s, by_role = (m.cpu_s, m.cpu_by_role) if m.cpu_s is not None else cpu.since(mark)
+        result["cpu"] = {"seconds": cpu_s, "calls": m.calls, "by_role": by_role,
+                         "s_per_inference": cpu_s / m.calls if m.calls else None}
+        result["sampling"] = {**m.sampling, "warmup_calls": warm_calls}
+        if m.phases_ns:
+            result["phases"] = {k: _summ(v) for k, v in m.phases_ns.items()}
+        if m.figures:
+            result["figures"] = m.figures
+        if m.detail:
+            result["scenario_detail"] = m.detail
+        lat = m.latency_ns
+        calls_per_s = m.calls_per_s if m.calls_per_s is not None else (m.calls / m.wall_s if m.wall_s else 0.0)
         result["latency"] = _summ(lat)
         result["throughput"] = {"calls_per_s": calls_per_s, "samples_per_s": calls_per_s * c["batch"]}
         cap = job.get("max_raw_samples", 50_000)
@@ -196,7 +205,13 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-JOBS = {"probe": probe, "prepare": prepare, "cell": cell}
+def generator(job: dict[str, Any]) -> dict[str, Any]:
+    from bench.arrivals import ceiling
+
+    return ceiling(job.get("callers", 4))
+
+
+JOBS = {"probe": probe, "prepare": prepare, "cell": cell, "generator": generator}
 
 
 def main(argv: list[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -126,12 +127,20 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     meta = run.meta()
     env = meta.get("environment", {})
     cfg = meta.get("config", {})
-    results = run.load_cells(samples=True)
-    df = run.frame()
+    results_every = run.load_cells(samples=True)
+    df_every = run.frame()
+    # the standing sections read the scenarios made for them; every other scenario has its own part
+    from bench import scenarios
+
+    with contextlib.suppress(Exception):  # a plugin gone since the run: its cells still show in the tables
+        scenarios.discover(cfg.get("plugins") or [])
+    standing = {n for n in scenarios.names() if scenarios.get(n).fixed_sections}
+    results = [r for r in results_every if r["cell"]["scenario"] in standing]
+    df = df_every[df_every.scenario.isin(standing)].reset_index(drop=True)
     # Several allocator policies: the decision and the latency table show every one; the other
     # sections show the first (the run's primary policy), so each figure compares like with like.
     policies = [p for p in allocator.of_run(cfg)] if len(allocator.of_run(cfg)) > 1 else []
-    df_all, results_all = df, results
+    df_all = df
     if policies:
         df = df[df.malloc == policies[0]].reset_index(drop=True)
         results = [r for r in results if r["cell"].get("malloc", "") == policies[0]]
@@ -143,15 +152,15 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
 
     # -- warnings ---------------------------------------------------------------------------------
     warnings = []
-    expected = len(meta.get("cells", [])) or len(df_all)
-    if meta.get("status") != "complete" or len(df_all) < expected:
-        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df_all)} of {expected} cells measured "
+    expected = len(meta.get("cells", [])) or len(df_every)
+    if meta.get("status") != "complete" or len(df_every) < expected:
+        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df_every)} of {expected} cells measured "
                         f"(`python -m bench run --resume {run.path}` finishes it).")
     for status, what in (("invalid", "gave wrong outputs and are not ranked"), ("error", "failed"),
                          ("skipped", "were skipped")):
-        n = int((df_all.status == status).sum())
+        n = int((df_every.status == status).sum())
         if n:
-            warnings.append(f"{n} cell(s) {what}: {', '.join(df_all[df_all.status == status].cell_id[:6])}"
+            warnings.append(f"{n} cell(s) {what}: {', '.join(df_every[df_every.status == status].cell_id[:6])}"
                             + (" ..." if n > 6 else ""))
     noisy = valid[valid.noisy == True]  # noqa: E712
     if len(noisy):
@@ -229,6 +238,16 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     sections.append(sec)
 
     # -- latency ---------------------------------------------------------------------------------
+    # -- each other scenario's own part (open-loop, slo, plug-ins) ------------------------------------
+    options = cfg.get("scenario_options") or {}
+    for name in cfg.get("scenarios") or []:
+        if name in standing or name not in scenarios.names():
+            continue
+        mine = [r for r in results_every if r["cell"]["scenario"] == name]
+        part = scenarios.get(name).report(df_every[df_every.scenario == name].to_dict("records"), mine, options.get(name, {}))
+        if part is not None:
+            sections.append(_part_section(part, cmap))
+
     sec = Section("latency", "Latency")
     if len(main_valid):
         b0 = int(main_valid.batch.min())
@@ -396,7 +415,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     # -- correctness ---------------------------------------------------------------------------------
     sec = Section("correctness", "Correctness against eager torch")
     rows, bad = [], set()
-    for r in results:
+    for r in results_every:
         corr = r.get("correctness")
         if not corr:
             continue
@@ -408,17 +427,17 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
                          f"{o['max_abs']:.2e}" if o.get("max_abs") is not None else "-",
                          f"{w['error']:.2e} of {w['allowed']:.2e} ({w['used']:.1%})" if w else "-",
                          f"{corr['atol']:g} + {corr['rtol']:g} x |ref|", "ok" if o.get("ok") else "WRONG"])
-    n_ok = sum(1 for r in results if (r.get("correctness") or {}).get("ok"))
+    n_ok = sum(1 for r in results_every if (r.get("correctness") or {}).get("ok"))
     sec.text.append(f"Every output of the first and the last call is compared with eager torch on the same "
                     f"inputs. Each element may differ by atol + rtol x |reference| (numpy.allclose's rule); the "
-                    f"worst element is the one that uses the largest share of its own allowance. {n_ok} of {sum(1 for r in results if r.get('correctness'))} "
+                    f"worst element is the one that uses the largest share of its own allowance. {n_ok} of {sum(1 for r in results_every if r.get('correctness'))} "
                     "checked cells are correct.")
     sec.tables.append(Table(["cell", "output", "shape", "dtype", "max abs err", "worst element: error of allowed",
                              "tolerance per element", "result"], rows, bad))
     sections.append(sec)
 
     # -- errors ----------------------------------------------------------------------------------------
-    failed = [r for r in results_all if r["status"] in ("error", "skipped", "invalid")]
+    failed = [r for r in results_every if r["status"] in ("error", "skipped", "invalid")]
     if failed:
         sec = Section("errors", "Failed, invalid and skipped cells")
         sec.tables.append(Table(["cell", "status", "reason"], [[r["cell"]["id"], r["status"], _first_line(r.get("error"), 300)]
@@ -457,10 +476,20 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M") if started else "?"
     return Report(
         title="PyTorch integration strategies: benchmark report",
-        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_all)} cells "
-                 f"({int(df_all.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
+        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_every)} cells "
+                 f"({int(df_every.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
         warnings=warnings, sections=sections, decision=decision_json(blocks, constraints),
     )
+
+
+def _part_section(part: Any, cmap: dict[str, str]) -> Section:
+    """A scenario's report part (bench.scenarios.Part, plain data) as a section with tables and plots."""
+    sec = Section(part.key, part.title, list(part.text))
+    for t in part.tables:
+        sec.tables.append(Table(list(t.header), [list(map(str, row)) for row in t.rows]))
+    for c in part.curves:
+        sec.figures.append(Figure(c.name, plots.curve(c, cmap), c.ylabel + " against " + c.xlabel))
+    return sec
 
 
 def _strategy_facts(meta: dict[str, Any], names: set[str]) -> dict[str, dict[str, Any]]:

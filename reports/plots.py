@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable
+from typing import Any
 
 import matplotlib
 
@@ -259,4 +260,29 @@ def cold_start_phases(rows: list[tuple[str, dict[str, float], float | None]], ti
               bbox_to_anchor=(0.5, -0.5 / max(len(rows), 1) - 0.1))
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def curve(c: Any, cmap: dict[str, str]) -> bytes:
+    """A scenario's line plot (bench.scenarios.Curve): one line per series, x on a log scale."""
+    fig, axes = _facets(1, 7.5, 4.2)
+    ax = axes[0]
+    for label, pts in c.series.items():
+        if not pts:
+            continue
+        xs, ys = zip(*sorted(pts))
+        strategy = label.split()[-1]
+        ax.plot(xs, ys, "o-", ms=4, label=label, color=cmap.get(strategy))
+    if c.hline is not None:
+        ax.axhline(c.hline, color="0.3", ls="--", lw=1, label=c.hline_label or None)
+    ax.set_xscale("log")
+    if c.log_y:
+        ax.set_yscale("log")
+    if c.y_seconds:
+        _log_axis(ax.yaxis, _fmt_s) if c.log_y else ax.yaxis.set_major_formatter(
+            matplotlib.ticker.FuncFormatter(lambda v, _: _fmt_s(v)))
+    ax.set_xlabel(c.xlabel)
+    ax.set_ylabel(c.ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     return _png(fig)

@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 
 from bench.errors import UserError
 from strategies.base import (
+    Arrivals,
     Availability,
     CallTimings,
     LoadTimings,
@@ -24,7 +25,7 @@ from strategies.base import (
 )
 
 __all__ = [
-    "Availability", "CallTimings", "LoadTimings", "ModelHandle", "Session", "SessionOptions", "Strategy",
+    "Arrivals", "Availability", "CallTimings", "LoadTimings", "ModelHandle", "Session", "SessionOptions", "Strategy",
     "register", "discover", "get", "names", "known", "settings_for",
 ]
 

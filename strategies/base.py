@@ -11,7 +11,7 @@ A strategy is one way of running a PyTorch model from an application. The harnes
     session.run({name: ndarray}) -> {name: ndarray}       inference on named NumPy arrays
     session.time_calls(inputs, n)             -> CallTimings, n timed calls (override to time inside
                                                  a foreign runtime; the default times run())
-    session.run_load(inputs, callers, s, warmup_s) -> LoadTimings or None: N callers back to back in
+    session.run_load(inputs, callers, s, warmup_s, arrivals=None) -> LoadTimings or None: N callers (back to back, or on an arrival schedule) in
                                                  the foreign runtime's own threads (None: the harness
                                                  runs them as Python threads calling run())
     session.close()
@@ -110,13 +110,35 @@ class CallTimings:
 
 
 @dataclass
+class Arrivals:
+    """An open-loop schedule (bench.arrivals): request i arrives ``offsets_s[i]`` after the start,
+    whatever the callers are doing; the first ``warmup_n`` are a warm-up. With ``max_over``, the load
+    may stop once more than that many measured requests took longer than ``budget_ns`` from their
+    scheduled arrival (an early stop of a search over rates)."""
+
+    offsets_s: np.ndarray
+    warmup_n: int
+    budget_ns: int = 0
+    max_over: int = 0
+
+    def offsets_ns(self) -> np.ndarray:
+        return np.round(np.asarray(self.offsets_s, dtype=np.float64) * 1e9).astype(np.int64)
+
+
+@dataclass
 class LoadTimings:
-    """A closed-loop load run by the session's own runtime: the latency in ns of every call that
-    completed inside the measured window, the window's length, and the first caller's error if any."""
+    """A load run by the session's own runtime. Closed loop: the latency in ns of every call that
+    completed inside the measured window and the window's length. Open loop (arrivals given): per
+    request of the schedule, when it was sent and when it was done, in ns from the schedule's start
+    (-1: never). Either way the first caller's error, if any."""
 
     latency_ns: np.ndarray
     wall_s: float
     error: str = ""
+    send_ns: np.ndarray | None = None
+    done_ns: np.ndarray | None = None
+    driver: str = ""  # who ran the callers, e.g. "C# threads (CoreCLR)"
+    stopped_early: bool = False
 
 
 class Session(ABC):
@@ -124,6 +146,8 @@ class Session(ABC):
 
     #: names of the breakdown phases this session reports for each call, in order
     phases: ClassVar[tuple[str, ...]] = ()
+    #: run_load serves open-loop arrivals in the session's own runtime (else Python threads do)
+    runs_arrivals: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
@@ -153,12 +177,15 @@ class Session(ABC):
                 phases[p][i] = v
         return CallTimings(lat, phases)
 
-    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings | None:
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
+                 arrivals: Arrivals | None = None) -> LoadTimings | None:
         """Override when the application's callers live in another runtime (C++, C#): run ``callers``
-        threads of that runtime calling back to back, warm up for warmup_s, then time every call
-        completed within duration_s. The harness calls it from a Python thread and samples memory
-        meanwhile, so release the GIL while the load runs. The default (None) lets the harness run
-        the callers as Python threads calling run()."""
+        threads of that runtime. Without ``arrivals`` (closed loop) they call back to back: warm up for
+        warmup_s, then time every call completed within duration_s. With ``arrivals`` (open loop) each
+        caller takes the next request in schedule order, waits for its time, calls, and records when it
+        sent it and when it was done. The harness calls this from a Python thread and samples memory
+        meanwhile, so release the GIL while the load runs. Returning None (the default, or for a kind
+        of load the session cannot run) lets the harness run the callers as Python threads calling run()."""
         return None
 
     def pids(self) -> list[tuple[int, str]]:

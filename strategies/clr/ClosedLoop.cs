@@ -29,6 +29,17 @@ namespace InteropBench
         public long[] NativeThreadIds;  // gettid() of each caller, comparable with Python's threading.get_native_id()
     }
 
+    /// <summary>What an open loop measured, per request of the schedule: when it was sent and when it
+    /// was done, in ns from the schedule's start (-1: never); the first caller's error ("" if none); whether
+    /// the load stopped early because too many requests had missed the budget.</summary>
+    public sealed class OpenResult
+    {
+        public long[] SendNs;
+        public long[] DoneNs;
+        public string Error = "";
+        public bool StoppedEarly;
+    }
+
     public static class ClosedLoop
     {
         [DllImport("libc.so.6", EntryPoint = "syscall")]
@@ -106,6 +117,71 @@ namespace InteropBench
                 ManagedThreadIds = managed,
                 NativeThreadIds = native,
             };
+        }
+
+        /// <summary>Open loop: requests arrive at offsetsNs from the start whatever the callers are doing.
+        /// Each caller takes the next request in schedule order, waits for its time (sleeping, then yielding
+        /// for the last 1.5 ms), calls, and records when it sent and finished. With maxOver > 0 the load
+        /// stops once more than maxOver requests after the warm-up took over budgetNs from their arrival.</summary>
+        public static OpenResult RunOpen(ICaller[] callers, long[] offsetsNs, int warmupN, long budgetNs, int maxOver)
+        {
+            int n = callers.Length, total = offsetsNs.Length;
+            var send = new long[total];
+            var done = new long[total];
+            for (int i = 0; i < total; i++) { send[i] = -1; done[i] = -1; }
+            int next = -1, over = 0, stop = 0;
+            string error = null;
+            object gate = new object();
+            double nsPerTick = 1e9 / Stopwatch.Frequency;
+            long start = 0;
+            var ready = new CountdownEvent(n);
+            var go = new ManualResetEvent(false);
+            var threads = new Thread[n];
+            for (int k = 0; k < n; k++)
+            {
+                ICaller c = callers[k];
+                threads[k] = new Thread(() =>
+                {
+                    ready.Signal();
+                    go.WaitOne();
+                    try
+                    {
+                        while (Volatile.Read(ref stop) == 0)
+                        {
+                            int i = Interlocked.Increment(ref next);
+                            if (i >= total) break;
+                            long due = offsetsNs[i];
+                            while (true)
+                            {
+                                long wait = due - (long)((Stopwatch.GetTimestamp() - start) * nsPerTick);
+                                if (wait <= 0) break;
+                                if (wait > 1500000) Thread.Sleep((int)((wait - 1000000) / 1000000));
+                                else Thread.Yield();
+                            }
+                            long s = (long)((Stopwatch.GetTimestamp() - start) * nsPerTick);
+                            c.CallOnce();
+                            long e = (long)((Stopwatch.GetTimestamp() - start) * nsPerTick);
+                            send[i] = s;
+                            done[i] = e;
+                            if (maxOver > 0 && i >= warmupN && e - due > budgetNs && Interlocked.Increment(ref over) > maxOver)
+                                Volatile.Write(ref stop, 1);
+                        }
+                    }
+                    catch (Exception e)
+                    {
+                        lock (gate) { if (error == null) error = e.GetType().FullName + ": " + e.Message; }
+                        Volatile.Write(ref stop, 1);
+                    }
+                });
+                threads[k].IsBackground = true;
+                threads[k].Start();
+            }
+            ready.Wait();
+            start = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 50;  // a 20 ms lead
+            Thread.MemoryBarrier();
+            go.Set();
+            foreach (Thread t in threads) t.Join();
+            return new OpenResult { SendNs = send, DoneNs = done, Error = error ?? "", StoppedEarly = stop != 0 && error == null };
         }
 
         /// <summary>Copy a long[] into a NumPy int64 buffer at `address`.</summary>

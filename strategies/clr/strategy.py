@@ -21,6 +21,7 @@ import numpy as np
 from strategies import register
 from strategies.base import (
     Arrays,
+    Arrivals,
     Availability,
     CallTimings,
     CliFlag,
@@ -43,12 +44,22 @@ def runtime_of(settings: Any) -> str:
     return build.check_runtime(settings.get("runtime") or build.default_runtime())
 
 
-def closed_loop_in_clr(ib: Any, net_callers: list[Any], duration_s: float, warmup_s: float) -> tuple[LoadTimings, Any]:
+def closed_loop_in_clr(ib: Any, net_callers: list[Any], duration_s: float, warmup_s: float,
+                       arrivals: Arrivals | None = None, driver: str = "C# threads") -> tuple[LoadTimings, Any]:
     """N C# threads, one per .NET caller (InteropBench.ICaller), calling back to back inside the CLR
-    (ClosedLoop.cs); pythonnet releases the GIL for the call, so no Python thread runs the model."""
-    from System import Array
+    (ClosedLoop.cs), or serving an open-loop schedule when ``arrivals`` is given; pythonnet releases
+    the GIL for the call, so no Python thread runs the model."""
+    from System import Array, Int64
 
     arr = Array[ib.ICaller](net_callers)
+    if arrivals is not None:
+        res = ib.ClosedLoop.RunOpen(arr, Array[Int64](arrivals.offsets_ns().tolist()), int(arrivals.warmup_n),
+                                    int(arrivals.budget_ns), int(arrivals.max_over))
+        send, done = (np.empty(len(res.SendNs), dtype=np.int64) for _ in range(2))
+        if len(send):
+            ib.ClosedLoop.CopyLongs(res.SendNs, send.ctypes.data)
+            ib.ClosedLoop.CopyLongs(res.DoneNs, done.ctypes.data)
+        return LoadTimings(np.empty(0, np.int64), 0.0, str(res.Error or ""), send, done, driver, bool(res.StoppedEarly)), {}
     res = ib.ClosedLoop.Run(arr, float(duration_s), float(warmup_s))
     lat = np.empty(len(res.LatencyNs), dtype=np.int64)
     if len(lat):
@@ -70,6 +81,7 @@ def dotnet_tensors(ib: Any, arrays: list[np.ndarray]) -> Any:
 
 class ClrSession(Session):
     phases = ("marshal_in", "compute", "marshal_out")
+    runs_arrivals = True  # ClosedLoop.RunOpen: the C# application's own threads serve the schedule
 
     def __init__(self, model: ModelHandle, options: SessionOptions, naive: bool) -> None:
         from strategies.clr import build
@@ -155,13 +167,16 @@ class ClrSession(Session):
         ns = ns.reshape(n, 4)
         return CallTimings(ns[:, 0].copy(), {p: ns[:, i + 1].copy() for i, p in enumerate(self.phases)})
 
-    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
+                 arrivals: Arrivals | None = None) -> LoadTimings:
         """The callers are C# threads, each with its own .NET inputs, each taking the GIL per call."""
         net = []
         for _ in range(callers):
             arrays = [np.array(inputs[n], order="C", copy=True) for n in self.names]
             net.append(self.runner.NewCaller(self._invoke(dotnet_tensors, self._ib, arrays)))
-        timings, self.load_threads = self._invoke(closed_loop_in_clr, self._ib, net, duration_s, warmup_s)
+        timings, threads = self._invoke(closed_loop_in_clr, self._ib, net, duration_s, warmup_s, arrivals,
+                                        f"C# threads ({self.runtime})")
+        self.load_threads = threads or self.load_threads
         return timings
 
     def memory_extra(self) -> dict[str, int]:
@@ -272,6 +287,8 @@ class ClrCallerSession(Session):
     OutputDType, OutputShape, CopyOutput), each holding one caller's own .NET inputs: clr-onnxruntime's
     and clr-capi's. Subclasses set ``phases`` and implement ``new_caller``."""
 
+    runs_arrivals = True  # ClosedLoop.RunOpen: the C# application's own threads serve the schedule
+
     def __init__(self, model: ModelHandle, options: SessionOptions, runtime: str | None = None) -> None:
         from strategies.clr import build
 
@@ -333,13 +350,16 @@ class ClrCallerSession(Session):
         ns = ns.reshape(n, k)
         return CallTimings(ns[:, 0].copy(), {p: ns[:, i + 1].copy() for i, p in enumerate(self.phases)})
 
-    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
+                 arrivals: Arrivals | None = None) -> LoadTimings:
         """The callers are C# threads, each with its own .NET inputs and outputs."""
         net: list[Any] = []
         try:
             for _ in range(callers):
                 net.append(self._new_caller([np.array(inputs[n], order="C", copy=True) for n in self.names]))
-            timings, self.load_threads = ClrSession._invoke(closed_loop_in_clr, self._ib, net, duration_s, warmup_s)
+            timings, threads = ClrSession._invoke(closed_loop_in_clr, self._ib, net, duration_s, warmup_s, arrivals,
+                                                  f"C# threads ({self.runtime})")
+            self.load_threads = threads or self.load_threads
         finally:
             for c in net:
                 if hasattr(c, "Dispose"):

@@ -15,6 +15,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -264,6 +265,75 @@ class Runner {
     return py::make_tuple(lat, wall, error);
   }
 
+  // Open loop: request i arrives offsets[i] ns after the start whatever the callers are doing; each
+  // caller takes the next request in schedule order, sleeps until its time, calls, and records when it
+  // sent it and when it was done (ns from the start; -1: never). With max_over > 0 the load stops once
+  // more than max_over requests after the warm-up took over budget_ns from their arrival.
+  py::tuple open_loop(const std::vector<py::array>& arrays, int callers,
+                      py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets, int64_t warmup_n,
+                      int64_t budget_ns, int64_t max_over) {
+    if (callers < 1) throw std::invalid_argument("callers must be >= 1");
+    auto inputs = borrow(arrays);
+    auto O = offsets.unchecked<1>();
+    const size_t total = static_cast<size_t>(O.shape(0));
+    std::vector<int64_t> off(total), send(total, -1), done(total, -1);
+    for (size_t i = 0; i < total; ++i) off[i] = O(static_cast<py::ssize_t>(i));
+    std::atomic<size_t> next{0};
+    std::atomic<int64_t> over{0};
+    std::atomic<bool> stop{false}, early{false};
+    std::string error;
+    std::mutex error_mu;
+    {
+      py::gil_scoped_release release;
+      const auto start = Clock::now() + std::chrono::milliseconds(20);
+      std::vector<std::thread> threads;
+      auto join_all = [&] {
+        for (auto& t : threads)
+          if (t.joinable()) t.join();
+      };
+      try {
+        for (int c = 0; c < callers; ++c) {
+          threads.emplace_back([&] {
+            try {
+              while (!stop.load(std::memory_order_relaxed)) {
+                const size_t i = next.fetch_add(1);
+                if (i >= total) break;
+                const auto due = start + std::chrono::nanoseconds(off[i]);
+                std::this_thread::sleep_until(due);
+                const auto s = Clock::now();
+                auto values = wrap(inputs);
+                auto outs = call(values);
+                unwrap(outs);
+                outs.clear();
+                const auto e = Clock::now();
+                send[i] = ns(s - start);
+                done[i] = ns(e - start);
+                if (max_over > 0 && static_cast<int64_t>(i) >= warmup_n && ns(e - due) > budget_ns &&
+                    over.fetch_add(1) + 1 > max_over) {
+                  early = true;
+                  stop = true;
+                }
+              }
+            } catch (const std::exception& e) {
+              std::lock_guard<std::mutex> lock(error_mu);
+              if (error.empty()) error = e.what();
+              stop = true;
+            }
+          });
+        }
+      } catch (...) {
+        stop = true;
+        join_all();
+        throw;
+      }
+      join_all();
+    }
+    py::array_t<int64_t> S(static_cast<py::ssize_t>(total)), D(static_cast<py::ssize_t>(total));
+    std::copy(send.begin(), send.end(), S.mutable_data());
+    std::copy(done.begin(), done.end(), D.mutable_data());
+    return py::make_tuple(S, D, error, early.load() && error.empty());
+  }
+
   std::vector<uintptr_t> last_input_ptrs() const { return last_input_ptrs_; }
   std::vector<uintptr_t> last_output_ptrs() const { return last_output_ptrs_; }
   std::vector<std::string> model_inputs() const {
@@ -301,6 +371,7 @@ PYBIND11_MODULE(ORT_RUNNER_MODULE, m) {
       .def("run", &Runner::run)
       .def("time_calls", &Runner::time_calls)
       .def("closed_loop", &Runner::closed_loop)
+      .def("open_loop", &Runner::open_loop)
       .def("last_input_ptrs", &Runner::last_input_ptrs)
       .def("last_output_ptrs", &Runner::last_output_ptrs)
       .def("model_inputs", &Runner::model_inputs);

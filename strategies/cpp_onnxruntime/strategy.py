@@ -10,6 +10,7 @@ import numpy as np
 from strategies import register
 from strategies.base import (
     Arrays,
+    Arrivals,
     Availability,
     CallTimings,
     LoadTimings,
@@ -35,6 +36,8 @@ PHASES = ("wrap", "run", "unwrap")
 class CppOrtSession(Session):
     """The C++ Runner with ONNX Runtime's session. Every number comes from the C++ clock; time_calls
     and run_load are the C++ application itself, with no Python between its calls."""
+
+    runs_arrivals = True  # open_loop(): C++ threads serve the schedule
 
     phases = PHASES
 
@@ -66,7 +69,12 @@ class CppOrtSession(Session):
         lat, phases = self.runner.time_calls(self._args(inputs), n)
         return CallTimings(lat, dict(zip(PHASES, phases)))
 
-    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float) -> LoadTimings:
+    def run_load(self, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
+                 arrivals: Arrivals | None = None) -> LoadTimings:
+        if arrivals is not None:
+            send, done, error, early = self.runner.open_loop(self._args(inputs), callers, arrivals.offsets_ns(),
+                                                             arrivals.warmup_n, arrivals.budget_ns, arrivals.max_over)
+            return LoadTimings(np.empty(0, np.int64), 0.0, error, send, done, "C++ threads", early)
         lat, wall, error = self.runner.closed_loop(self._args(inputs), callers, duration_s, warmup_s)
         return LoadTimings(lat, wall, error)
 
