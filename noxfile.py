@@ -103,6 +103,7 @@ def benchmarks(session: nox.Session) -> None:
     session.run("python", "-m", "tests.benchmarks.clr_routes")
     session.run("python", "-m", "tests.benchmarks.clr_grpc_client")
     session.run("python", "-m", "tests.benchmarks.ort_cpp_overhead")
+    session.run("python", "-m", "tests.benchmarks.load_generator")
     # the built-in transformer here; `--models transformer,bert` adds the BERT-style encoder (minutes)
     session.run("python", "-m", "tests.benchmarks.onnx_variants", "--models", "transformer")
 

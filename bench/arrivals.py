@@ -208,7 +208,7 @@ def ceiling(callers: int = 4, duration_s: float = 1.0, max_late: float = 0.01, s
 
     lo, hi, rate = 0.0, None, 1000.0
     tried: list[tuple[float, float]] = []
-    while hi is None and rate <= 1e6:
+    while hi is None and rate <= 4e6:
         f = late_at(rate)
         tried.append((rate, f))
         if f < max_late:
