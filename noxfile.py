@@ -65,6 +65,12 @@ def _ensure_postgres(session: nox.Session) -> None:
     _apt_install(session, "postgresql", "the history-store tests", present, "the PostgreSQL tests will skip")
 
 
+def _ensure_chromium(session: nox.Session) -> None:
+    """The browser test of the report loads it in headless Chromium."""
+    present = bool(shutil.which("chromium") or shutil.which("chromium-browser"))
+    _apt_install(session, "chromium", "the report's browser test", present, "the browser test of the report will fail")
+
+
 def _install(session: nox.Session) -> None:
     _ensure_mono(session)
     _ensure_npm(session)
@@ -79,6 +85,7 @@ def _install(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Lint, then the test suite against the real runtimes."""
     _ensure_postgres(session)
+    _ensure_chromium(session)
     _install(session)
     session.run("ruff", "check", "bench", "strategies", "fixtures", "reports", "tests", "noxfile.py")
     session.run("pytest", *session.posargs)

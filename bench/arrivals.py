@@ -135,7 +135,7 @@ def drive(session: Session, inputs: Arrays, arrivals: Arrivals, callers: int,
                 session.run(inputs)
                 e = clock()
                 send[i], done[i] = s - t0, e - t0
-                if arrivals.max_over and i >= arrivals.warmup_n and e - due > arrivals.budget_ns:
+                if arrivals.budget_ns and i >= arrivals.warmup_n and e - due > arrivals.budget_ns:
                     with lock:
                         over[0] += 1
                         if over[0] > arrivals.max_over:
@@ -163,20 +163,9 @@ def drive(session: Session, inputs: Arrays, arrivals: Arrivals, callers: int,
 
 def _foreign(session: Session, inputs: Arrays, arrivals: Arrivals, callers: int,
              between_rounds: Callable[[], None]) -> ArrivalResult | None:
-    box: list = []
+    from bench.measure import beside
 
-    def run() -> None:
-        try:
-            box.append(session.run_load(inputs, callers, 0.0, 0.0, arrivals))
-        except BaseException as e:  # reported as the load's error
-            box.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.1)
-        between_rounds()
-    got = box[0] if box else RuntimeError("the session's load ended without a result")
+    got = beside(lambda: session.run_load(inputs, callers, 0.0, 0.0, arrivals), between_rounds)
     if got is None:
         return None
     w = arrivals.warmup_n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from bench.config import (
     make_custom_model,
 )
 from bench.errors import UserError
-from bench.results import RunDir, RunLock, check_run_id, resolve_run
+from bench.results import WRITE_ERRORS, RunDir, RunLock, check_run_id, resolve_run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -155,12 +156,14 @@ def _decision_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--memory-budget", metavar="SIZE", help="most memory a route may add, e.g. 500MB")
     d.add_argument("--p99-budget", metavar="TIME", help="p99 latency budget, e.g. 10ms")
     d.add_argument("--tie-within", metavar="FRACTION", help="leads under this are ties (default 5%%)")
+    d.add_argument("--required-rate", metavar="RPS", help="requests/s a route must hold within the slo scenario's p99 "
+                                                          "budget (routes below it, or not measured by slo, are out)")
 
 
 def _decision_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in (("caller", args.caller), ("python_at_deployment", args.python_at_deployment),
                               ("memory_budget_mb", args.memory_budget), ("p99_budget_ms", args.p99_budget),
-                              ("tie_within", args.tie_within)) if v is not None}
+                              ("tie_within", args.tie_within), ("required_rate_rps", args.required_rate)) if v is not None}
 
 
 def _fraction(text: str) -> float:
@@ -351,21 +354,32 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
     t_run = time.perf_counter()
     try:
         outcome = runner.execute()
+        run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
+        run.write_summary()
+        _publish(run, args)
     except KeyboardInterrupt:
         kill_current()
         run.write_meta({**run.meta(), "status": "interrupted"})
         print(f"\ninterrupted; finished cells are kept. Resume with: python -m bench run --resume {run.path}",
               file=sys.stderr)
         return 130
+    except OSError as e:  # the results folder cannot be written (full, read-only, over a size limit)
+        if e.errno not in WRITE_ERRORS:
+            raise
+        kill_current()
+        with contextlib.suppress(OSError):
+            run.write_meta({**run.meta(), "status": "failed"})
+        kept = len(run.load_cells(samples=False)) if run.cells_dir.is_dir() else 0
+        print(f"error: cannot write {e.filename or run.path}: {e.strerror}; the run stopped, the {kept} cell(s) "
+              f"measured before it are kept in {run.path} (make room, then: python -m bench run --resume {run.path})",
+              file=sys.stderr)
+        return 1
     except UserError:
         if not args.resume and not any(run.cells_dir.glob("*.json")):
             shutil.rmtree(run.path, ignore_errors=True)  # nothing measured: leave nothing half-written
         else:
             run.write_meta({**run.meta(), "status": "failed"})
         raise
-    run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
-    run.write_summary()
-    _publish(run, args)
     counts = ", ".join(f"{v} {k}" for k, v in sorted(outcome.statuses.items()))
     print(f"{outcome.ran} cells run ({counts or 'none'}), {outcome.skipped_existing} kept from before", file=sys.stderr)
     wall = time.perf_counter() - t_run
@@ -447,14 +461,14 @@ def _thresholds(args: argparse.Namespace) -> tuple[float, float, float]:
 
 def _publish(run: RunDir, args: argparse.Namespace) -> None:
     """A finished run: into the history store, its summary table, its report."""
-    if not args.no_history:
-        _record(run, args)
     print_summary(run)
     if not args.no_report:
         from reports import render
 
         html, md = render(run)
         print(f"\nreport: {html.resolve()}\nmarkdown: {md.resolve()}")
+    if not args.no_history:  # last: a store that fails costs nothing already written
+        _record(run, args)
 
 
 def print_summary(run: RunDir) -> None:
@@ -502,12 +516,24 @@ def _resolve(arg: str | None, args: argparse.Namespace):
 
 
 def _record(run: RunDir, args: argparse.Namespace) -> None:
-    from bench.history import History
+    """Record a finished run in the history store. A store that cannot be opened or written is a
+    warning naming it: the run's results, summary and report are already written and stay."""
+    from bench.history import History, _redact
 
     url = _history_url(args)
-    with History.open(url) as h:
-        n = h.record(run)
-    print(f"history: recorded {run.id} ({n} cells) in {url if not url.startswith('postgres') else 'PostgreSQL'}",
+    where = url if not url.startswith("postgres") else _redact(url)
+    try:
+        with History.open(url) as h:
+            n = h.record(run)
+    except UserError as e:
+        print(f"warning: the run was not recorded in the history store: {e} (results kept in {run.path})", file=sys.stderr)
+        return
+    except Exception as e:  # sqlite3/psycopg/OSError: a locked, broken or unwritable store
+        text = " ".join(str(e).split())[:300] or type(e).__name__
+        print(f"warning: the run was not recorded in the history store {where}: {type(e).__name__}: {text} "
+              f"(results kept in {run.path})", file=sys.stderr)
+        return
+    print(f"history: recorded {run.id} ({n} cells) in {where if not url.startswith('postgres') else 'PostgreSQL'}",
           file=sys.stderr)
 
 
@@ -609,6 +635,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     decision = check_constraints({**(run.meta().get("config", {}).get("decision") or {}), **flags}) if flags else None
     html, md = render(run, decision)
     print(f"report: {html.resolve()}\nmarkdown: {md.resolve()}")
+    if getattr(run, "unreadable", None):
+        print(f"warning: {len(run.unreadable)} cell file(s) could not be read and are left out of the report: "
+              f"{', '.join(run.unreadable[:6])} (bench run --resume {run.path} measures them again)", file=sys.stderr)
     return 0
 
 

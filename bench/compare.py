@@ -208,6 +208,10 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     only_base = [c for c in only_base if c not in broken]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken)
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
+    for r in (base, new):
+        if getattr(r, "unreadable", None):
+            cmp.warnings.append(f"{len(r.unreadable)} cell file(s) of {r.id} could not be read and were not compared: "
+                                f"{', '.join(r.unreadable[:6])}")
     if bm != nm:
         cmp.warnings.append(f"different allocator policy (--malloc): {','.join(bm)} -> {','.join(nm)}")
     if not changes:

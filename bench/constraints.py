@@ -11,7 +11,7 @@ from bench.errors import UserError
 
 LANGUAGES = ("python", "csharp", "cpp")
 DEFAULT_TIE_WITHIN = 0.05
-KEYS = ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within")
+KEYS = ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within", "required_rate_rps")
 
 
 def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +37,9 @@ def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
     for key, parse in (("memory_budget_mb", parse_mib), ("p99_budget_ms", parse_ms)):
         if d.get(key) is not None:
             out[key] = parse(d[key], key)
+    if d.get("required_rate_rps") is not None:  # requests/s the route must hold within the slo scenario's p99 budget
+        out["required_rate_rps"] = _number(d["required_rate_rps"], "required_rate_rps", {"": 1.0, "/s": 1.0, "rps": 1.0},
+                                           "300 or '300rps'")
     if d.get("tie_within") is not None:
         v = d["tie_within"]
         if isinstance(v, str):

@@ -44,6 +44,9 @@ SCHEMA = [
 ]
 
 
+LOCK_WAIT_S = 30.0  # how long a write waits for another process's lock on an SQLite store
+
+
 def default_url(results_root: Path) -> str:
     return str(results_root / "history.sqlite")
 
@@ -71,13 +74,31 @@ class History:
                 raise UserError(f"cannot connect to the history database {_redact(url)}: {first}") from e
             return cls(conn, url, postgres=True)
         path = Path(url.removeprefix("sqlite:///"))
+        if path.exists():  # a store that is not this harness's is refused, never overwritten
+            if path.is_dir():
+                raise UserError(f"history file {path} is a folder")
+            with open(path, "rb") as f:
+                head = f.read(16)
+            if not head:
+                raise UserError(f"history file {path} is empty (truncated?); move it away to start a new history")
+            if head != b"SQLite format 3\x00":
+                raise UserError(f"history file {path} is not an SQLite database; refusing to write a history into it")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(path, timeout=30)
+            conn = sqlite3.connect(path, timeout=LOCK_WAIT_S)
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as e:
             raise UserError(f"cannot open the history file {path}: {e}") from e
+        if tables and not {"runs", "cells"} <= tables:
+            conn.close()
+            raise UserError(f"history file {path} is another program's database (tables: {', '.join(sorted(tables)[:6])}); "
+                            "refusing to write into it")
         conn.execute("PRAGMA foreign_keys = ON")
-        return cls(conn, str(path), postgres=False)
+        try:
+            return cls(conn, str(path), postgres=False)
+        except sqlite3.Error as e:
+            conn.close()
+            raise UserError(f"cannot use the history file {path}: {e}") from e
 
     def close(self) -> None:
         self.conn.close()

@@ -6,11 +6,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 
 from bench.stats import quantile_ci, summarize
-from strategies.base import Arrays, LoadTimings, Session
+from strategies.base import Arrays, Session
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,25 @@ def sample(
     )
 
 
+def beside(call: Callable[[], Any], between_rounds: Callable[[], None]) -> Any:
+    """Run ``call`` (a load in a foreign runtime, which releases the GIL) in a Python thread while this
+    one samples memory every 0.1 s; its result, or the exception it raised (returned, not raised)."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(call())
+        except BaseException as e:  # the caller reports it as the load's error
+            box.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.1)
+        between_rounds()
+    return box[0] if box else RuntimeError("the session's load ended without a result")
+
+
 @dataclass
 class LoadResult:
     latency_ns: np.ndarray
@@ -182,20 +202,7 @@ def _foreign_load(
 ) -> LoadResult | None:
     """The session's own threads make the calls; a Python thread waits on them (the session releases
     the GIL) while this one samples memory between rounds."""
-    box: list[LoadTimings | BaseException | None] = []
-
-    def drive() -> None:
-        try:
-            box.append(session.run_load(inputs, callers, duration_s, warmup_s))
-        except BaseException as e:  # reported as the load's error below
-            box.append(e)
-
-    t = threading.Thread(target=drive, daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.1)
-        between_rounds()
-    got = box[0] if box else RuntimeError("the session's load ended without a result")
+    got = beside(lambda: session.run_load(inputs, callers, duration_s, warmup_s), between_rounds)
     if isinstance(got, BaseException):
         return LoadResult(np.empty(0, dtype=np.int64), 0, 0.0, [f"{type(got).__name__}: {got}"])
     if got is None:  # the session declined (the contract's None): Python threads calling run()

@@ -14,6 +14,7 @@ Layout of ``results/<run-id>/``::
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -26,17 +27,30 @@ from typing import Any
 
 from bench.errors import UserError
 
+# errors that mean a folder cannot take what is written to it (full, read-only, over a size limit):
+# the run stops there, keeping what it has, instead of failing every cell after it
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM})
+EX_CANNOT_WRITE = 75
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # a worker's exit status when it cannot even write that it could not write
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file in the same folder, fsync, then rename over: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would make it (mkstemp's 0600 hides results from a CI reader)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e  # write()/fsync() name no file: name the one meant
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -212,17 +226,22 @@ class RunDir:
         return {r["cell"]["id"] for r in self.load_cells(samples=False)}
 
     def load_cells(self, samples: bool = True) -> list[dict[str, Any]]:
+        """Every readable cell result. A file that is not a cell result (corrupted, hand-edited, cut
+        short by a full disk) is skipped and named in ``self.unreadable``: the report and compare say
+        so, and ``--resume`` measures that cell again."""
         out = []
+        self.unreadable: list[str] = []
         for f in sorted(self.cells_dir.glob("*.json")):
             try:
                 r = json.loads(f.read_text())
-            except json.JSONDecodeError:
-                continue  # cannot happen with atomic writes; tolerate a hand-edited file
-            if not isinstance(r, dict) or not isinstance(r.get("cell"), dict):
+                if not isinstance(r, dict) or not isinstance(r.get("cell"), dict) or "status" not in r:
+                    raise ValueError("not a cell result")
+                r["cell"] = Cell.from_json(r["cell"]).to_json()  # older records gain their scenario
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+                self.unreadable.append(f"{f.name} ({type(e).__name__})")
                 continue
             if not samples:
                 r.pop("samples_ns", None)
-            r["cell"] = Cell.from_json(r["cell"]).to_json()  # older records gain their scenario
             out.append(r)
         return out
 
@@ -336,7 +355,10 @@ def resolve_run(arg: str | None, root: Path) -> RunDir:
         for meta_file in root.glob("*/run.json"):
             try:
                 meta = json.loads(meta_file.read_text())
-            except (OSError, json.JSONDecodeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                _skipped(meta_file, e)
+                continue
+            if not isinstance(meta, dict):
                 continue
             if meta.get("status") == "complete" and (meta.get("environment", {}).get("git") or {}).get("branch") == branch:
                 found.append((meta.get("started", 0), meta_file.parent))
@@ -351,4 +373,16 @@ def resolve_run(arg: str | None, root: Path) -> RunDir:
     runs = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise UserError(f"no runs under {root}; run `python -m bench run` first")
-    return RunDir(runs[-1].parent)
+    for meta_file in reversed(runs):  # the newest run that can be read
+        try:
+            if isinstance(json.loads(meta_file.read_text()), dict):
+                return RunDir(meta_file.parent)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            _skipped(meta_file, e)
+    raise UserError(f"no readable run under {root} (every run.json is damaged)")
+
+
+def _skipped(meta_file: Path, e: Exception) -> None:
+    import sys
+
+    print(f"warning: skipping {meta_file.parent}: its run.json cannot be read ({type(e).__name__})", file=sys.stderr)

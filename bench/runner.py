@@ -6,6 +6,7 @@ strategy-specific happens in the worker process, inside the strategy's own code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from bench.config import RunConfig
 from bench.errors import UserError
 from bench.processes import die_with_parent, kill_group
 from bench.progress import Progress, fmt_duration
-from bench.results import Cell, RunDir, atomic_write_json
+from bench.results import EX_CANNOT_WRITE, Cell, RunDir, atomic_write_json
 from fixtures.specs import ModelSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +119,12 @@ def spawn_job(job: dict[str, Any], job_dir: Path, log_path: Path, timeout_s: flo
         result = json.loads(out_file.read_text())
         out_file.unlink()
         job_file.unlink(missing_ok=True)
+        if result.get("write_error"):  # the folder is full or read-only: the run stops, keeping what it has
+            raise OSError(*result["write_error"])
         return result
+    if rc == EX_CANNOT_WRITE:
+        job_file.unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, "the worker could not write its result", str(out_file))
     if why is None:
         why = f"worker died with signal {signal.Signals(-rc).name}" if rc < 0 else f"worker exited with status {rc} without a result"
     tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
@@ -198,7 +204,9 @@ class Runner:
             if res.get("user_error"):
                 raise UserError(res["user_error"])
             if not res.get("ok"):
-                states[name] = ModelState(spec, error=f"model {name} failed to build: {res.get('error')}")
+                err = str(res.get("error") or "")
+                what = "cannot be measured" if "reference output" in err else "failed to build"
+                states[name] = ModelState(spec, error=f"model {name} {what}: {err}")
                 continue
             states[name] = ModelState(spec.with_outputs(tuple(res["outputs"])), res["content_hash"], res["ref_dir"])
         return states

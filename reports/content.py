@@ -17,7 +17,7 @@ from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import plots
 from reports.claims import answer as answer_claims
-from reports.decision import LANGUAGE_NAMES, NOT_MEASURED, Block, Constraints, decide
+from reports.decision import LANGUAGE_NAMES, NOT_MEASURED, Block, Capacity, Constraints, decide
 from reports.decision import to_json as decision_json
 from reports.tables import (
     BASELINE,
@@ -156,6 +156,10 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     if meta.get("status") != "complete" or len(df_every) < expected:
         warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df_every)} of {expected} cells measured "
                         f"(`python -m bench run --resume {run.path}` finishes it).")
+    if getattr(run, "unreadable", None):
+        warnings.append(f"{len(run.unreadable)} cell file(s) could not be read and are left out: "
+                        f"{', '.join(run.unreadable[:6])}{' ...' if len(run.unreadable) > 6 else ''} "
+                        f"(`python -m bench run --resume {run.path}` measures them again).")
     for status, what in (("invalid", "gave wrong outputs and are not ranked"), ("error", "failed"),
                          ("skipped", "were skipped")):
         n = int((df_every.status == status).sum())
@@ -186,7 +190,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     # -- decision by caller language ------------------------------------------------------------
     constraints = Constraints.from_json(decision if decision is not None else cfg.get("decision"))
     facts = _strategy_facts(meta, set(df_all.strategy))
-    blocks = decide(df_all, facts, constraints)
+    blocks = decide(df_all, facts, constraints, capacity=_capacity(results_every))
     sections.append(_decision_section(blocks, constraints, facts, bool(policies)))
 
     # -- the claims users arrive with, answered from this run ----------------------------------
@@ -270,14 +274,17 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
                      f"±{r.rel_ci * 100:.1f}%" if pd.notna(r.rel_ci) else "-",
                      _tail(r.p90_ms), _tail(r.p99_ms), _tail_ci(r.p99_ci_low_ms, r.p99_ci_high_ms, r.p99_ms),
                      fmt_ms(r.max_ms), fmt_ms(r.mean_ms), fmt_ms(r.iqr_ms), fmt_num(r.samples),
+                     fmt_ms(r.cpu_ms_per_inference),
                      ("noisy" if r.noisy else "") + ("" if r.converged else " budget"), r.status])
     sec.tables.append(Table(["model", "strategy", "batch", "thr", "callers", "p50", "p50 CI", "p90", "p99",
-                             "p99 95% CI", "max", "mean", "IQR", "n", "flags", "status"], rows, bad))
+                             "p99 95% CI", "max", "mean", "IQR", "n", "CPU/call", "flags", "status"], rows, bad))
     sec.text.append(f"p50 CI: half-width of the median's 95% confidence interval, relative to it. A tail "
                     f"percentile is shown only when the samples bound it: its 95% interval from order statistics "
                     f"must lie inside the sample, which takes {min_samples_for(0.9)} samples for p90 and "
                     f"{min_samples_for(0.99)} for p99. Below that it reads *n/e* (not estimable) and the slowest "
-                    "sample is shown as what it is, the max. Flags: *noisy* when IQR > 10% of the median; "
+                    "sample is shown as what it is, the max. *CPU/call*: CPU time of every process of the route "
+                    "(worker, server, runtime threads; from the kernel) per call; above the latency, the route "
+                    "kept more than one core busy. Flags: *noisy* when IQR > 10% of the median; "
                     "*budget* when sampling hit its time budget before the median settled.")
     sections.append(sec)
 
@@ -520,6 +527,7 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
         for c in b.cells:
             ranked = "; ".join(("= " if r.tie_with_first else "") + f"{r.strategy} {fmt_ms(r.p50_ms)}"
                                + (f" (p99 {fmt_ms(r.p99_ms)})" if r.p99_ms is not None else "")
+                               + (f" [{r.max_rps:,.0f}/s within the p99 budget]" if r.max_rps else "")
                                + (f" [{r.note}]" if r.note else "") for r in c.eligible) or "-"
             other = [f"{s}: {why}" for s, why in c.excluded
                      if not _cannot(facts.get(s.partition("@")[0]) or {}, b.caller) and why != NOT_MEASURED]
@@ -535,6 +543,16 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
         sec.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
                                 + [f"{who}: ranked (p50)", "not ranked here, and why"], rows))
     return sec
+
+
+def _capacity(results: list[dict[str, Any]]) -> dict[tuple[str, int, str], Capacity]:
+    """The slo scenario's answers by (model, batch, strategy), for the decision."""
+    out = {}
+    for r in results:
+        d, c = r.get("scenario_detail") or {}, r["cell"]
+        if r["status"] == "ok" and "max_rps" in d and d.get("budget_s"):
+            out[(c["model"], int(c["batch"]), c["strategy"])] = Capacity(d["max_rps"], d["budget_s"] * 1e3, bool(d.get("capped")))
+    return out
 
 
 def _cannot(f: dict[str, Any], caller: str) -> bool:

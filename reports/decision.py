@@ -27,12 +27,13 @@ class Constraints:
     memory_budget_mb: float | None = None
     p99_budget_ms: float | None = None
     tie_within: float = DEFAULT_TIE_WITHIN
+    required_rate_rps: float | None = None  # requests/s a route must hold within the slo scenario's budget
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Constraints:
         d = dict(d or {})
-        return cls(**{k: d[k] for k in ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within")
-                      if k in d})
+        return cls(**{k: d[k] for k in ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within",
+                                        "required_rate_rps") if k in d})
 
     def describe(self) -> str:
         parts = []
@@ -42,6 +43,8 @@ class Constraints:
             parts.append(f"memory added within {self.memory_budget_mb:g} MiB")
         if self.p99_budget_ms is not None:
             parts.append(f"p99 within {_ms(self.p99_budget_ms)}")
+        if self.required_rate_rps is not None:
+            parts.append(f"holds {self.required_rate_rps:,.0f} requests/s within the slo scenario's p99 budget")
         parts.append(f"leads under {self.tie_within:.0%} or inside overlapping 95% intervals are ties")
         return "; ".join(parts)
 
@@ -63,6 +66,7 @@ class Ranked:
     mem_added_mb: float | None
     tie_with_first: bool = False
     note: str = ""
+    max_rps: float | None = None  # the highest rate within the slo scenario's p99 budget, where measured
 
 
 @dataclass
@@ -106,10 +110,23 @@ def _reason_for_language(facts: dict[str, Any], caller: str) -> str:
     return f"a {' or '.join(LANGUAGE_NAMES.get(x, x) for x in langs)} route; a {LANGUAGE_NAMES[caller]} application cannot call it"
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """A route's answer from the slo scenario: the highest rate within the budget (None: none held)."""
+
+    max_rps: float | None
+    budget_ms: float
+    capped: bool = False  # every rate tried passed: the capacity is at least max_rps
+
+
 def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Constraints,
-           payload_models: tuple[str, ...] = ("identity",)) -> list[Block]:
+           payload_models: tuple[str, ...] = ("identity",),
+           capacity: dict[tuple[str, int, str], Capacity] | None = None) -> list[Block]:
     """One block per caller language (or the one asked for): per model, batch, threads and allocator
-    at the fewest callers, eligible strategies ranked by p50, ties marked, the rest with reasons."""
+    at the fewest callers, eligible strategies ranked by p50, ties marked, the rest with reasons.
+    ``capacity`` ((model, batch, strategy) -> the slo scenario's answer) adds each route's highest
+    rate, and with ``required_rate_rps`` rules out the routes that do not hold it."""
+    capacity = capacity or {}
     callers = [constraints.caller] if constraints.caller else list(LANGUAGES)
     main = df[~df.model.isin(payload_models)]
     if main.empty:
@@ -140,12 +157,21 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
                     elif pd.notna(r.max_ms) and r.max_ms > constraints.p99_budget_ms:
                         why = (f"p99 not estimable from {int(r.samples)} samples, and its slowest call "
                                f"({_ms(r.max_ms)}) is over the {_ms(constraints.p99_budget_ms)} budget")
+                cap = capacity.get((str(model), int(batch), r.strategy))
+                if not why and constraints.required_rate_rps is not None:
+                    need = constraints.required_rate_rps
+                    if cap is None:
+                        why = f"its highest rate within a p99 budget was not measured (the slo scenario), so {need:,.0f}/s is unknown"
+                    elif cap.max_rps is None or (cap.max_rps < need and not cap.capped):
+                        held = f"{cap.max_rps:,.0f}/s" if cap.max_rps else "no rate"
+                        why = f"holds {held} within p99 {cap.budget_ms:g} ms, under the {need:,.0f}/s required"
                 if why:
                     cd.excluded.append((r.strategy, why))
                     continue
                 note = "measured from a Python client" if "any" in (f.get("languages") or []) and caller != "python" else ""
                 candidates.append(Ranked(r.strategy, float(r.p50_ms), _f(r.p99_ms), _f(r.ci_low_ms), _f(r.ci_high_ms),
-                                         _f(r.throughput_sps), _f(r.mem_added_mb), note=note))
+                                         _f(r.throughput_sps), _f(r.mem_added_mb), note=note,
+                                         max_rps=cap.max_rps if cap else None))
             if candidates:
                 first = candidates[0]
                 for c in candidates[1:]:

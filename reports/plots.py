@@ -265,14 +265,17 @@ def cold_start_phases(rows: list[tuple[str, dict[str, float], float | None]], ti
 
 def curve(c: Any, cmap: dict[str, str]) -> bytes:
     """A scenario's line plot (bench.scenarios.Curve): one line per series, x on a log scale."""
-    fig, axes = _facets(1, 7.5, 4.2)
+    fig, axes = _facets(1, 9.5, 4.6)
     ax = axes[0]
-    for label, pts in c.series.items():
+    markers = "osD^v<>ph*"
+    for i, (label, pts) in enumerate(c.series.items()):
         if not pts:
             continue
         xs, ys = zip(*sorted(pts))
         strategy = label.split()[-1]
-        ax.plot(xs, ys, "o-", ms=4, label=label, color=cmap.get(strategy))
+        # more routes than colours: the marker and line style tell apart the ones that share a colour
+        ax.plot(xs, ys, marker=markers[i % len(markers)], ls="-" if i < 10 else "--", ms=4, label=label,
+                color=cmap.get(strategy))
     if c.hline is not None:
         ax.axhline(c.hline, color="0.3", ls="--", lw=1, label=c.hline_label or None)
     ax.set_xscale("log")
@@ -284,5 +287,5 @@ def curve(c: Any, cmap: dict[str, str]) -> bytes:
     ax.set_xlabel(c.xlabel)
     ax.set_ylabel(c.ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)

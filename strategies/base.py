@@ -112,8 +112,8 @@ class CallTimings:
 @dataclass
 class Arrivals:
     """An open-loop schedule (bench.arrivals): request i arrives ``offsets_s[i]`` after the start,
-    whatever the callers are doing; the first ``warmup_n`` are a warm-up. With ``max_over``, the load
-    may stop once more than that many measured requests took longer than ``budget_ns`` from their
+    whatever the callers are doing; the first ``warmup_n`` are a warm-up. With ``budget_ns`` above 0,
+    the load may stop once more than ``max_over`` measured requests took longer than that from their
     scheduled arrival (an early stop of a search over rates)."""
 
     offsets_s: np.ndarray

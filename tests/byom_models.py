@@ -70,3 +70,14 @@ class CustomOp(nn.Module):
 
 def make_custom_op() -> nn.Module:
     return CustomOp()
+
+
+class LogOfInput(nn.Module):
+    """log(x): NaN for the negative inputs an input range of -1..1 generates."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
+
+
+def make_log() -> nn.Module:
+    return LogOfInput()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 from html import unescape
 from pathlib import Path
@@ -68,3 +69,43 @@ def test_the_common_claims_are_answered_from_the_run_s_own_cells(quick_run: Path
     assert "(libtorch-ts):" in ts and "(libtorch-aoti):" in ts
     net = next(v for k, v in rows.items() if k.startswith("Embedding Python in .NET"))
     assert "clr-capi:" in net and "clr-embed:" in net and "slower than bulk" in net
+
+
+def test_the_report_renders_in_a_real_browser(quick_run: Path, tmp_path: Path):
+    """Headless Chromium (Debian's `chromium`, which `nox -s tests` installs) loads the page as a
+    reviewer's browser would: every section laid out, every embedded plot decoded, something drawn."""
+    import shutil
+    import struct
+    import subprocess
+    import zlib
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is missing: `nox -s tests` installs it (apt-get install chromium)"
+    page = tmp_path / "page.html"
+    probe = ("<script>document.title = JSON.stringify({broken: [...document.images].filter(i => !i.complete || "
+             "!i.naturalWidth).length, images: document.images.length, sections: document.querySelectorAll('section').length, "
+             "width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight});</script>")
+    page.write_text((quick_run / "report.html").read_text().replace("</body>", probe + "</body>"))
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1300,1600"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    title = unescape(re.search(r"<title>(.*?)</title>", dom.stdout, re.S)[1])
+    facts = json.loads(title)
+    assert facts["broken"] == 0 and facts["images"] >= 9, facts
+    assert facts["sections"] >= len(SECTIONS), facts
+    assert facts["width"] <= 1300, facts  # no table pushes the page sideways at a laptop's width
+    shot = tmp_path / "top.png"
+    p = subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0 and shot.is_file(), p.stderr[-2000:]
+    # the screenshot is not blank: decode the PNG's rows and count the pixels that are not background
+    data = shot.read_bytes()
+    w, h = struct.unpack(">II", data[16:24])
+    idat = b"".join(data[i + 8:i + 8 + struct.unpack(">I", data[i:i + 4])[0]]
+                    for i in [m.start() - 4 for m in re.finditer(b"IDAT", data)])
+    raw = zlib.decompress(idat)
+    assert (w, h) == (1300, 1600)
+    distinct = len(set(raw[k] for k in range(0, len(raw), 97)))
+    assert distinct > 20, distinct  # text, tables and colours, not one flat colour

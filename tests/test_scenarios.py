@@ -97,12 +97,12 @@ def test_slo_finds_the_capacity_of_a_fixed_service_time(tmp_path: Path):
     cfg.write_text('plugins = ["tests.plugins.service"]\n[strategy.fixed-service-test]\nservice_ms = 5.0\n'
                    '[slo]\nprecision = 0.05\nmin_duration_s = 1.5\nmin_requests = 300\narrival = "constant"\n')
     p = run_bench("run", "--config", str(cfg), "--models", "mlp", "--strategies", "fixed-service-test", "--batch-sizes", "1",
-                  "--concurrency", "1", "--scenarios", "slo", "--slo-p99", "25ms", "--out", str(tmp_path), "--run-id", "slo",
+                  "--concurrency", "1", "--scenarios", "latency,slo", "--slo-p99", "25ms", "--out", str(tmp_path), "--run-id", "slo",
                   "--no-history", *FAST, cwd=tmp_path, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     row = next(r for r in _summary(tmp_path / "slo") if r["scenario"] == "slo")
     found = float(row["max_rps_within_slo"])
-    cell = json.loads(next((tmp_path / "slo" / "cells").glob("*.json")).read_text())
+    cell = json.loads(next((tmp_path / "slo" / "cells").glob("*slo.json")).read_text())
     capacity = 1.0 / (5.0e-3)
     assert 0.9 * capacity <= found <= 1.1 * capacity, (found, cell["scenario_detail"]["steps"])
     assert cell["scenario_detail"]["failed_at"] > found
@@ -110,6 +110,16 @@ def test_slo_finds_the_capacity_of_a_fixed_service_time(tmp_path: Path):
     report = (tmp_path / "slo" / "report.md").read_text()
     assert "The highest request rate within a p99 of 25 ms" in report and "fixed-service-test" in report
     assert "within p99 25ms" in p.stderr
+    # the decision takes the answer: a required rate it holds keeps the route, one it does not rules it out
+    for need, eligible in ((0.5 * found, True), (2 * capacity, False)):
+        r = run_bench("report", str(tmp_path / "slo"), "--caller", "python", "--required-rate", f"{need:.0f}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        cell = json.loads((tmp_path / "slo" / "decision.json").read_text())["blocks"][0]["cells"][0]
+        names = [e["strategy"] for e in cell["eligible"]]
+        assert ("fixed-service-test" in names) is eligible, cell
+        if not eligible:
+            why = dict((e["strategy"], e["reason"]) for e in cell["excluded"])["fixed-service-test"]
+            assert why.startswith(f"holds {found:,.0f}/s within p99 25 ms, under the {need:,.0f}/s required"), why
 
 
 def test_a_plugin_scenario_needs_no_edit_elsewhere(tmp_path: Path):

@@ -121,7 +121,7 @@ namespace InteropBench
 
         /// <summary>Open loop: requests arrive at offsetsNs from the start whatever the callers are doing.
         /// Each caller takes the next request in schedule order, waits for its time (sleeping, then yielding
-        /// for the last 1.5 ms), calls, and records when it sent and finished. With maxOver > 0 the load
+        /// for the last 1.5 ms), calls, and records when it sent and finished. With budgetNs > 0 the load
         /// stops once more than maxOver requests after the warm-up took over budgetNs from their arrival.</summary>
         public static OpenResult RunOpen(ICaller[] callers, long[] offsetsNs, int warmupN, long budgetNs, int maxOver)
         {
@@ -163,7 +163,7 @@ namespace InteropBench
                             long e = (long)((Stopwatch.GetTimestamp() - start) * nsPerTick);
                             send[i] = s;
                             done[i] = e;
-                            if (maxOver > 0 && i >= warmupN && e - due > budgetNs && Interlocked.Increment(ref over) > maxOver)
+                            if (budgetNs > 0 && i >= warmupN && e - due > budgetNs && Interlocked.Increment(ref over) > maxOver)
                                 Volatile.Write(ref stop, 1);
                         }
                     }

@@ -267,7 +267,7 @@ class Runner {
 
   // Open loop: request i arrives offsets[i] ns after the start whatever the callers are doing; each
   // caller takes the next request in schedule order, sleeps until its time, calls, and records when it
-  // sent it and when it was done (ns from the start; -1: never). With max_over > 0 the load stops once
+  // sent it and when it was done (ns from the start; -1: never). With budget_ns > 0 the load stops once
   // more than max_over requests after the warm-up took over budget_ns from their arrival.
   py::tuple open_loop(const std::vector<py::array>& arrays, int callers,
                       py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets, int64_t warmup_n,
@@ -308,7 +308,7 @@ class Runner {
                 const auto e = Clock::now();
                 send[i] = ns(s - start);
                 done[i] = ns(e - start);
-                if (max_over > 0 && static_cast<int64_t>(i) >= warmup_n && ns(e - due) > budget_ns &&
+                if (budget_ns > 0 && static_cast<int64_t>(i) >= warmup_n && ns(e - due) > budget_ns &&
                     over.fetch_add(1) + 1 > max_over) {
                   early = true;
                   stop = true;
