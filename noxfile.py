@@ -105,6 +105,7 @@ def benchmarks(session: nox.Session) -> None:
     _install(session)
     session.run("python", "-m", "tests.benchmarks.harness_overhead")
     session.run("python", "-m", "tests.benchmarks.grpc_overhead")
+    session.run("python", "-m", "tests.benchmarks.grpc_server_kinds")
     session.run("python", "-m", "tests.benchmarks.libtorch_overhead")
     session.run("python", "-m", "tests.benchmarks.clr_overhead")
     session.run("python", "-m", "tests.benchmarks.clr_routes")

@@ -81,3 +81,17 @@ class LogOfInput(nn.Module):
 
 def make_log() -> nn.Module:
     return LogOfInput()
+
+
+class Slow(nn.Module):
+    """x + 0, after 0.3 s: a model that keeps the server busy long enough for callers to overlap."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.3)
+        return x + 0
+
+
+def make_slow() -> nn.Module:
+    return Slow()

@@ -18,6 +18,7 @@ from fixtures.builtin import BUILTIN_MODELS
 from fixtures.specs import make_inputs
 from strategies.base import ModelHandle, SessionOptions
 from strategies.grpc import codec, stubs
+from strategies.grpc.server import SERVICE
 from strategies.grpc.strategy import GrpcSession
 from tests.conftest import FAST, bench_env, run_bench
 
@@ -277,3 +278,82 @@ def test_layout_caches_never_keep_large_client_strings():
     layouts.learn(meta, arrays)
     assert layouts.read(data)[0] is not None  # an ordinary request's layout is cached as before
     assert 0 < layouts.cached_bytes() <= codec.Layouts.MAX_KEY_BYTES
+
+
+def _stalled_calls(address: str, n: int):
+    """n calls that send their headers and then nothing (a client that stalls before its message):
+    a stream-unary call whose request iterator blocks until released."""
+    import threading
+
+    release = threading.Event()
+
+    def never():
+        release.wait()
+        return
+        yield  # a generator that yields nothing until released
+
+    channels = [grpc.insecure_channel(address) for _ in range(n)]
+    futures = [ch.stream_unary(f"/{SERVICE}/ModelInfer").future(never(), timeout=120) for ch in channels]
+    return release, channels, futures
+
+
+@pytest.mark.parametrize("kind", ["asyncio"])
+def test_stalled_clients_do_not_block_other_callers(tmp_path: Path, kind: str):
+    """Twice as many stalled calls as the server has workers: a well-behaved call and the health check
+    are still answered at once (grpcio's threaded server, --server sync, gives each stalled call a worker)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proc, info = start_server(tmp_path, "--model", "mlp", "--workers", "4", "--server", kind)
+    release, channels, futures = _stalled_calls(info["address"], 8)
+    try:
+        time.sleep(1.0)  # the stalled calls are open on the server
+        ch = grpc.insecure_channel(info["address"])
+        pb2, services = stubs.load()
+        t0 = time.monotonic()
+        r = services.GRPCInferenceServiceStub(ch).ModelInfer(_valid(pb2), timeout=5)
+        assert r.outputs and time.monotonic() - t0 < 5
+        assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        ch.close()
+        assert not any(f.done() for f in futures)  # the stalled ones are still open: nothing was cut short
+    finally:
+        release.set()
+        for c in channels:
+            c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+
+
+def test_a_cap_on_calls_refuses_the_excess_and_serves_the_rest(tmp_path: Path):
+    """--max-calls 2 and eight callers at once of a model that takes 0.3 s: six are refused with
+    RESOURCE_EXHAUSTED (saying so), the two admitted are answered, and then a call is served again."""
+    import concurrent.futures
+
+    proc, info = start_server(tmp_path, "--model", "slow", "--model-factory", "tests.byom_models:make_slow",
+                              "--model-inputs", "x:float32[batch,4]", "--workers", "8", "--max-calls", "2")
+    try:
+        pb2, services = stubs.load()
+        request = codec.encode_request(pb2, {"x": np.ones((1, 4), np.float32)}, codec.RAW, "slow")
+        chans = [grpc.insecure_channel(info["address"]) for _ in range(8)]
+
+        def call(ch):
+            try:
+                services.GRPCInferenceServiceStub(ch).ModelInfer(request, timeout=30)
+                return "OK"
+            except grpc.RpcError as e:
+                return f"{e.code().name}: {e.details()}"
+
+        for ch in chans:  # connected before the burst, so the eight calls arrive together
+            grpc.channel_ready_future(ch).result(timeout=10)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(call, chans))
+        refused = [o for o in outcomes if o.startswith("RESOURCE_EXHAUSTED")]
+        assert outcomes.count("OK") >= 2 and len(refused) >= 4, outcomes
+        assert "server busy" in refused[0] and "caps 2 calls" in refused[0]
+        assert set(outcomes) <= {"OK", *refused}, outcomes
+        assert call(chans[0]) == "OK"  # released: served again
+        for c in chans:
+            c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0

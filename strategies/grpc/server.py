@@ -9,12 +9,16 @@ Binds 127.0.0.1 unless told otherwise (a free port with --port 0), reports readi
 standard gRPC health service, sets explicit message-size limits, checks every request against the
 model (INVALID_ARGUMENT naming the mismatch; oversized requests get RESOURCE_EXHAUSTED from gRPC
 itself), sends its own decode/compute/encode times as trailing metadata, and shuts down
-gracefully on SIGTERM or SIGINT.
+gracefully on SIGTERM or SIGINT. By default it is grpc.aio's server: the event loop receives each
+request whole (a client that stalls mid-message holds no worker), admitted requests run on a pool of
+``--workers`` threads, and beyond ``--max-calls`` requests or ``--max-inflight-mib`` of request bytes
+in service a call gets RESOURCE_EXHAUSTED. ``--server sync`` is grpcio's threaded server.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -35,8 +39,17 @@ def message_options(max_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
 
 
+class Refused(Exception):
+    """A request the server answers with a status other than OK."""
+
+    def __init__(self, code, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
 class InferenceServicer:
-    def __init__(self, model, spec, content_hash: str, max_bytes: int) -> None:
+    def __init__(self, model, spec, content_hash: str, max_bytes: int, pool=None, max_calls: int = 64,
+                 max_inflight_bytes: int = 1024 * 2**20) -> None:
         import grpc
         import torch
 
@@ -46,6 +59,9 @@ class InferenceServicer:
         self.grpc, self.torch, self.codec = grpc, torch, codec
         self.pb2, _ = stubs.load()
         self.model, self.spec, self.content_hash, self.max_bytes = model, spec, content_hash, max_bytes
+        self.pool, self.max_calls, self.max_inflight_bytes = pool, max_calls, max_inflight_bytes
+        self._admit_lock = threading.Lock()
+        self._calls = self._inflight = 0
         self.check = codec.InputCheck(spec.inputs)
         self.order = [t.name for t in spec.inputs]
         self.to_dict = outputs_to_dict
@@ -67,9 +83,10 @@ class InferenceServicer:
             content_hash=self.content_hash, max_message_bytes=self.max_bytes,
         )
 
-    def ModelInfer(self, data: bytes, context) -> bytes:
+    def infer(self, data: bytes) -> tuple[bytes, str]:
         """Bytes in, bytes out: the request's tensors are read where gRPC put them (no copy) and the
-        response's are written once into the wire buffer (codec.Layouts)."""
+        response's are written once into the wire buffer (codec.Layouts). Returns the response and
+        the timing metadata; a request the server refuses raises Refused with its status code."""
         clock = time.perf_counter_ns
         t0 = clock()
         codec, grpc = self.codec, self.grpc
@@ -80,7 +97,7 @@ class InferenceServicer:
             else:
                 request = codec.parse_message(self.pb2.ModelInferRequest, meta)
                 if request.model_name and request.model_name != self.spec.name:
-                    context.abort(grpc.StatusCode.NOT_FOUND,
+                    raise Refused(grpc.StatusCode.NOT_FOUND,
                                   f"model {request.model_name!r} is not served here (serving {self.spec.name!r})")
                 encoding = codec.request_encoding(request)
                 arrays = codec.decode(request.inputs, raw, encoding)
@@ -89,7 +106,7 @@ class InferenceServicer:
                 if encoding == codec.RAW:
                     self.layouts.learn(meta, arrays, request_id)
         except codec.BadRequest as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         t1 = clock()
         torch = self.torch
         if not torch.is_inference_mode_enabled():
@@ -98,15 +115,58 @@ class InferenceServicer:
             out = self.to_dict(self.model(*[torch.from_numpy(arrays[n]) for n in self.order]), self.spec.outputs)
             outputs = {k: v.numpy() for k, v in out.items()}
         except Exception as e:  # the model itself failed: the caller learns why, the server goes on
-            context.abort(grpc.StatusCode.INTERNAL, f"model raised {type(e).__name__}: {e}")
+            raise Refused(grpc.StatusCode.INTERNAL, f"model raised {type(e).__name__}: {e}") from None
         t2 = clock()
         if encoding == codec.RAW:
             response = self.layouts.writer(outputs, self._raw_response_header, request_id).write(outputs.values())
         else:
             response = codec.response_message(self.pb2, outputs, encoding, self.spec.name, request_id).SerializeToString()
         t3 = clock()
-        context.set_trailing_metadata(((TIMING_KEY, f"{t1 - t0},{t2 - t1},{t3 - t2}"),))
+        return response, f"{t1 - t0},{t2 - t1},{t3 - t2}"
+
+    def ModelInfer(self, data: bytes, context) -> bytes:
+        """The synchronous server's handler (``--server sync``): a worker thread per call, from the
+        moment the call arrives (a client that stalls mid-message holds one)."""
+        try:
+            with self.admitted(len(data)):
+                response, timing = self.infer(data)
+        except Refused as e:
+            context.abort(e.code, e.details)
+        context.set_trailing_metadata(((TIMING_KEY, timing),))
         return response
+
+    async def ModelInferAsync(self, data: bytes, context) -> bytes:
+        """The asyncio server's handler (the default): the event loop receives each request whole, so a
+        client that stalls mid-message holds no worker; admitted requests then run on the worker pool."""
+        import asyncio
+
+        try:
+            with self.admitted(len(data)):
+                response, timing = await asyncio.get_running_loop().run_in_executor(self.pool, self.infer, data)
+        except Refused as e:
+            await context.abort(e.code, e.details)
+        context.set_trailing_metadata(((TIMING_KEY, timing),))
+        return response
+
+    @contextlib.contextmanager
+    def admitted(self, nbytes: int):
+        """Admission: at most ``max_calls`` requests and ``max_inflight_bytes`` of request bytes being
+        served at once (a lone request is always admitted); beyond that RESOURCE_EXHAUSTED, so a few
+        greedy callers cannot exhaust the server's memory and the rest are still served."""
+        with self._admit_lock:
+            busy = self._calls > 0
+            if busy and (self._calls >= self.max_calls or self._inflight + nbytes > self.max_inflight_bytes):
+                raise Refused(self.grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"server busy: {self._calls} calls and {self._inflight / 2**20:.1f} MiB in flight "
+                              f"(caps {self.max_calls} calls, {self.max_inflight_bytes / 2**20:.0f} MiB); retry later")
+            self._calls += 1
+            self._inflight += nbytes
+        try:
+            yield
+        finally:
+            with self._admit_lock:
+                self._calls -= 1
+                self._inflight -= nbytes
 
     def _raw_response_header(self, outputs, request_id: str) -> bytes:
         return self.codec.response_message(self.pb2, outputs, self.codec.RAW, self.spec.name, request_id).SerializeToString()
@@ -134,13 +194,10 @@ def load_spec(args: argparse.Namespace):
 
 
 def serve(args: argparse.Namespace) -> int:
-    import grpc
     import torch
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     from fixtures.loading import build_model, model_content_hash, outputs_to_dict, to_torch_inputs
     from fixtures.specs import make_inputs
-    from strategies.grpc import stubs
 
     if args.die_with_parent:
         from bench.processes import die_with_parent
@@ -155,26 +212,58 @@ def serve(args: argparse.Namespace) -> int:
         spec = spec.with_outputs(names)
     content_hash = model_content_hash(model, spec, args.seed)
 
+    pool = futures.ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="infer")
+    servicer = InferenceServicer(model, spec, content_hash, args.max_message_bytes, pool, args.max_calls,
+                                 args.max_inflight_mib * 2**20)
+    address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
+    if args.server == "sync":
+        return _serve_sync(args, servicer, pool, address)
+    import asyncio
+
+    return asyncio.run(_serve_async(args, servicer, pool, address))
+
+
+def _handlers(servicer: InferenceServicer, infer):
+    import grpc
+
+    from strategies.grpc import stubs
+
     pb2, _ = stubs.load()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=message_options(args.max_message_bytes))
-    servicer = InferenceServicer(model, spec, content_hash, args.max_message_bytes)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(servicer.ModelInfer),  # raw bytes both ways
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(infer),  # raw bytes both ways
         "ModelMetadata": grpc.unary_unary_rpc_method_handler(
             servicer.ModelMetadata, request_deserializer=pb2.ModelMetadataRequest.FromString,
             response_serializer=pb2.ModelMetadataResponse.SerializeToString),
-    }),))
+    })
+
+
+def _announce(args: argparse.Namespace, servicer: InferenceServicer, bound: str) -> None:
+    if args.port_file:
+        from bench.results import atomic_write_json
+
+        atomic_write_json(Path(args.port_file), {"address": bound, "pid": os.getpid(), "content_hash": servicer.content_hash})
+    print(f"serving {servicer.spec.name} on {bound} ({args.server} server, content hash {servicer.content_hash}, "
+          f"{args.threads} intra-op thread(s), {args.workers} workers, at most {args.max_calls} calls and "
+          f"{args.max_inflight_mib} MiB of requests in flight, max message {args.max_message_bytes // 2**20} MiB)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.uds:
+        print(f"warning: listening on {args.host}, beyond loopback; the protocol has no authentication", flush=True)
+
+
+def _serve_sync(args: argparse.Namespace, servicer: InferenceServicer, pool, address: str) -> int:
+    """grpcio's threaded server: a worker per call from its first byte (kept to compare with)."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(pool, options=message_options(args.max_message_bytes))
+    server.add_generic_rpc_handlers((_handlers(servicer, servicer.ModelInfer),))
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"unix:{args.uds}" if args.uds else f"{args.host}:{args.port}"
     port = server.add_insecure_port(address)
     if not args.uds and port == 0:
         raise SystemExit(f"error: cannot bind {address}")
     server.start()
-    bound = f"unix:{args.uds}" if args.uds else f"{args.host}:{port}"
     for service in ("", SERVICE):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-
     done = threading.Event()
 
     def shutdown(signum, frame) -> None:
@@ -185,15 +274,40 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    if args.port_file:
-        from bench.results import atomic_write_json
-
-        atomic_write_json(Path(args.port_file), {"address": bound, "pid": os.getpid(), "content_hash": content_hash})
-    print(f"serving {spec.name} on {bound} (content hash {content_hash}, {args.threads} intra-op thread(s), "
-          f"{args.workers} workers, max message {args.max_message_bytes // 2**20} MiB)", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.uds:
-        print(f"warning: listening on {args.host}, beyond loopback; the protocol has no authentication", flush=True)
+    _announce(args, servicer, f"unix:{args.uds}" if args.uds else f"{args.host}:{port}")
     done.wait()
+    return 0
+
+
+async def _serve_async(args: argparse.Namespace, servicer: InferenceServicer, pool, address: str) -> int:
+    """grpc.aio's server: the event loop receives requests, so a client that stalls mid-message costs
+    a coroutine, not a worker; the model runs on the worker pool, behind the admission caps."""
+    import asyncio
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1._async import HealthServicer
+
+    server = grpc.aio.server(migration_thread_pool=pool, options=message_options(args.max_message_bytes))
+    server.add_generic_rpc_handlers((_handlers(servicer, servicer.ModelInferAsync),))
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if not args.uds and port == 0:
+        raise SystemExit(f"error: cannot bind {address}")
+    await server.start()
+    for service in ("", SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _announce(args, servicer, f"unix:{args.uds}" if args.uds else f"{args.host}:{port}")
+    await stop.wait()
+    for service in ("", SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=2.0)
+    pool.shutdown(wait=False, cancel_futures=True)
     return 0
 
 
@@ -208,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--uds", help="serve on this Unix domain socket path instead of TCP")
-    ap.add_argument("--workers", type=int, default=8, help="server threads")
+    ap.add_argument("--workers", type=int, default=8, help="threads running the model")
+    ap.add_argument("--server", choices=("asyncio", "sync"), default="asyncio",
+                    help="asyncio (default: a stalled client holds no worker) or grpcio's threaded server")
+    ap.add_argument("--max-calls", type=int, default=64, help="requests served at once; beyond: RESOURCE_EXHAUSTED")
+    ap.add_argument("--max-inflight-mib", type=int, default=1024,
+                    help="request bytes being served at once, in MiB (a lone request is always served)")
     ap.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     ap.add_argument("--port-file", help="write {address, pid, content_hash} as JSON here once serving")
     ap.add_argument("--die-with-parent", action="store_true", help="exit when the starting process dies")

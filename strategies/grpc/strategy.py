@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,7 +88,8 @@ class GrpcSession(Session):
         spec_file.write_text(json.dumps(model.spec.to_json()))
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-spec", str(spec_file), "--seed", str(model.seed),
                "--threads", str(options.threads), "--workers", str(max(4, 2 * options.concurrency)),
-               "--max-message-bytes", str(self.max_bytes), "--port-file", str(port_file), "--die-with-parent"]
+               "--max-message-bytes", str(self.max_bytes), "--port-file", str(port_file), "--die-with-parent",
+               "--server", str(options.settings.get("server", "asyncio"))]
         cmd += ["--uds", str(self.tmp / "grpc.sock")] if self.transport == "uds" else ["--host", "127.0.0.1", "--port", "0"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path[1:], env.get("PYTHONPATH", "")])
@@ -182,6 +184,9 @@ class GrpcSession(Session):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+SERVER_KINDS = ("asyncio", "sync")  # the server's kind (server.py --server): asyncio unless told otherwise
+
+
 class _Grpc(Strategy):
     languages = ("any",)  # a network service: any language with a gRPC client
     python_at_deployment = True  # in the service, not in the calling application
@@ -189,7 +194,11 @@ class _Grpc(Strategy):
     transport: ClassVar[str] = "tcp"
     concurrent_calls = True
     runtime_modules = ("grpc",)  # the client's; the server's imports are part of starting it (open)
-    settings_keys = ("deadline_s", "max_message_bytes", "startup_timeout_s")  # and `target`, from TARGET_FLAG
+    settings_keys = ("deadline_s", "max_message_bytes", "startup_timeout_s", "server")  # and `target`, from TARGET_FLAG
+
+    def check_settings(self, settings: Mapping[str, Any]) -> None:
+        if settings.get("server", "asyncio") not in SERVER_KINDS:
+            raise ValueError(f"server must be one of {', '.join(SERVER_KINDS)}, got {settings.get('server')!r}")
 
     def available(self) -> Availability:
         for module, dist in (("grpc", "grpcio"), ("grpc_tools", "grpcio-tools"), ("grpc_health", "grpcio-health-checking")):
