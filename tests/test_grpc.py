@@ -92,6 +92,16 @@ def test_bad_requests_get_codes_and_the_server_keeps_serving(server):
     bad_json.inputs[0].contents.bytes_contents[0] = b"__import__('os').system('true')"
     code, details = _code(lambda: stub.ModelInfer(bad_json, timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a JSON list" in details
+    deep = codec.encode_request(pb2, {"x": x}, codec.JSON, "mlp")
+    deep.inputs[0].contents.bytes_contents[0] = b"[" * 100_000 + b"]" * 100_000
+    code, details = _code(lambda: stub.ModelInfer(deep, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "nested too deeply" in details, details
+    huge = _valid(pb2)
+    del huge.inputs[0].shape[:]
+    huge.inputs[0].shape.extend([0, 2**62])
+    huge.raw_input_contents[0] = b""
+    code, details = _code(lambda: stub.ModelInfer(huge, timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot be an array" in details, details
     code, _ = _code(lambda: stub.ModelInfer(codec.encode_request(pb2, {"x": x}, codec.RAW, "resnet"), timeout=10))
     assert code == grpc.StatusCode.NOT_FOUND
     code, _ = _code(lambda: stub.ModelInfer(_valid(pb2, batch=2048), timeout=10))  # 2 MiB + framing > limit

@@ -289,14 +289,19 @@ def decode(tensors, raw_contents, encoding: str) -> dict[str, np.ndarray]:
             if len(buf) != count * dtype.itemsize:
                 raise BadRequest(f"tensor {t.name!r}: {len(buf)} bytes for shape {list(shape)} {t.datatype} "
                                  f"(expected {count * dtype.itemsize})")
-            arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+            try:
+                arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+            except ValueError as e:  # e.g. [0, 2**62]: no bytes, but a dimension NumPy cannot hold
+                raise BadRequest(f"tensor {t.name!r}: shape {list(shape)[:8]} cannot be an array ({e})") from None
         else:
             if len(t.contents.bytes_contents) != 1:
                 raise BadRequest(f"tensor {t.name!r}: JSON encoding needs one bytes_contents entry")
             try:
                 arr = np.asarray(json.loads(t.contents.bytes_contents[0]), dtype=dtype)
             except (ValueError, TypeError) as e:
-                raise BadRequest(f"tensor {t.name!r}: not a JSON list of numbers ({e})") from None
+                raise BadRequest(f"tensor {t.name!r}: not a JSON list of numbers ({str(e)[:200]})") from None
+            except RecursionError:  # a list nested thousands deep: refused, not a crash of the call
+                raise BadRequest(f"tensor {t.name!r}: JSON nested too deeply") from None
             if arr.shape != shape:
                 raise BadRequest(f"tensor {t.name!r}: JSON holds shape {list(arr.shape)}, declared {list(shape)}")
         out[t.name] = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
