@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", type=_fraction, default=None, help="regression threshold, e.g. 0.1 or 10%% (default 10%%)")
     r.add_argument("--threshold-concurrent", type=_fraction, default=None,
                    help="the gate's threshold for cells with several callers (default 30%%)")
+    r.add_argument("--partial-baseline", action="store_true",
+                   help="the gate expects the baseline to lack some of this run's cells (otherwise they fail it)")
 
     cmp = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on a significant regression")
     cmp.add_argument("base", help="base run: results folder, run id, branch:NAME or latest")
@@ -108,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--threshold-concurrent", type=_fraction, default=None,
                      help="threshold for cells with several callers, which swing more between runs (default 30%%)")
     cmp.add_argument("--alpha", type=float, default=0.05, help="significance level of the Mann-Whitney U test")
+    cmp.add_argument("--partial-baseline", action="store_true",
+                     help="cells the new run measured and the base lacks are expected (otherwise they fail the comparison)")
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--out", type=Path, default=Path("results"), help="results root (default: ./results)")
     cmp.add_argument("--history", help="history store to look run ids up in (default: $BENCH_HISTORY, else <out>/history.sqlite)")
@@ -451,12 +455,13 @@ def _gate(baseline: Any, run: RunDir, cfg: Any, args: argparse.Namespace) -> int
     return status
 
 
-def _thresholds(args: argparse.Namespace) -> tuple[float, float, float]:
-    """The gate's (threshold, alpha, threshold for several callers)."""
+def _thresholds(args: argparse.Namespace) -> tuple[float, float, float, bool]:
+    """The gate's (threshold, alpha, threshold for several callers, whether a partial baseline is expected)."""
     from bench.compare import DEFAULT_CONCURRENT_THRESHOLD, DEFAULT_THRESHOLD
 
     return ((DEFAULT_THRESHOLD if args.threshold is None else args.threshold), 0.05,
-            DEFAULT_CONCURRENT_THRESHOLD if args.threshold_concurrent is None else args.threshold_concurrent)
+            DEFAULT_CONCURRENT_THRESHOLD if args.threshold_concurrent is None else args.threshold_concurrent,
+            bool(getattr(args, "partial_baseline", False)))
 
 
 def _publish(run: RunDir, args: argparse.Namespace) -> None:
@@ -538,12 +543,12 @@ def _record(run: RunDir, args: argparse.Namespace) -> None:
 
 
 def _compare(base: RunDir, new: RunDir, threshold: float | None, alpha: float, json_path: Path | None,
-             concurrent_threshold: float | None = None) -> int:
+             concurrent_threshold: float | None = None, partial_baseline: bool = False) -> int:
     from bench.compare import DEFAULT_CONCURRENT_THRESHOLD, DEFAULT_THRESHOLD, compare_runs
 
     return _report(compare_runs(base, new, DEFAULT_THRESHOLD if threshold is None else threshold, alpha,
-                                DEFAULT_CONCURRENT_THRESHOLD if concurrent_threshold is None else concurrent_threshold),
-                   json_path)
+                                DEFAULT_CONCURRENT_THRESHOLD if concurrent_threshold is None else concurrent_threshold,
+                                partial_baseline), json_path)
 
 
 def _report(cmp: Any, json_path: Path | None) -> int:
@@ -563,7 +568,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha must be between 0 and 1, got {args.alpha}")
     return _compare(_resolve(args.base, args), _resolve(args.new, args), args.threshold, args.alpha, args.json,
-                    args.threshold_concurrent)
+                    args.threshold_concurrent, args.partial_baseline)
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -63,6 +63,8 @@ class Comparison:
     only_new: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)  # valid in base, measured but not valid in new
     warnings: list[str] = field(default_factory=list)
+    base_cells: int = 0  # cells the baseline measured validly
+    partial_baseline: bool = False  # cells the baseline lacks are expected (not a failure)
 
     @property
     def regressions(self) -> list[Change]:
@@ -76,12 +78,15 @@ class Comparison:
         return {"base": self.base, "new": self.new, "threshold": self.threshold, "alpha": self.alpha,
                 "concurrent_threshold": self.concurrent_threshold,
                 "changes": [asdict(c) for c in self.changes], "only_base": self.only_base,
-                "only_new": self.only_new, "broken": self.broken, "warnings": self.warnings}
+                "only_new": self.only_new, "broken": self.broken, "warnings": self.warnings,
+                "base_cells": self.base_cells, "partial_baseline": self.partial_baseline}
 
     @property
     def failed(self) -> bool:
-        """What a CI gate fails on: a significant regression past the threshold, or a cell that broke."""
-        return bool(self.regressions or self.broken)
+        """What a CI gate fails on: a significant regression past the threshold, a cell that broke, or
+        cells the new run measured that the baseline lacks (a half-recorded baseline would pass on too
+        little), unless a partial baseline is expected."""
+        return bool(self.regressions or self.broken or (self.only_new and not self.partial_baseline))
 
 
 def ratio_ci(base: np.ndarray, new: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
@@ -193,7 +198,7 @@ def _keyed(cells: list[dict[str, Any]], policies: list[str], qualify: bool) -> l
 
 
 def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
-                 concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD) -> Comparison:
+                 concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD, partial_baseline: bool = False) -> Comparison:
     bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
     from bench import scenarios
 
@@ -206,7 +211,9 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     new_status = {r["cell"]["id"]: r["status"] for r in _keyed(new.load_cells(samples=False), nm, qualify)}
     broken = [c for c in only_base if new_status.get(c) in ("error", "invalid")]
     only_base = [c for c in only_base if c not in broken]
-    cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken)
+    cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken,
+                     partial_baseline=partial_baseline)
+    cmp.base_cells = len({c.cell_id for c in changes}) + len(only_base) + len(broken)
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
     for r in (base, new):
         if getattr(r, "unreadable", None):
@@ -238,8 +245,9 @@ def _n(k: int, word: str) -> str:
 
 
 def format_comparison(cmp: Comparison) -> str:
-    lines = [f"compare {cmp.base} -> {cmp.new}: {len(cmp.changes)} metrics over "
-             f"{len({c.cell_id for c in cmp.changes})} cells; threshold {cmp.threshold:.0%} "
+    compared = len({c.cell_id for c in cmp.changes})
+    lines = [f"compare {cmp.base} -> {cmp.new}: {len(cmp.changes)} metrics over {compared} cells "
+             f"({compared} of the baseline's {cmp.base_cells} valid cells); threshold {cmp.threshold:.0%} "
              f"({cmp.concurrent_threshold:.0%} with several callers), alpha {cmp.alpha:g} "
              f"(flagged when Mann-Whitney p < alpha and the ratio's 95% CI clears the threshold)"]
     for w in cmp.warnings:
@@ -262,5 +270,10 @@ def format_comparison(cmp: Comparison) -> str:
     if cmp.only_base:
         lines.append(f"only in {cmp.base} (not measured validly in {cmp.new}): {', '.join(cmp.only_base)}")
     if cmp.only_new:
-        lines.append(f"only in {cmp.new}: {', '.join(cmp.only_new)}")
+        if cmp.partial_baseline:
+            lines.append(f"only in {cmp.new} (a partial baseline was expected): {', '.join(cmp.only_new)}")
+        else:
+            lines.append(f"MISSING FROM THE BASELINE ({len(cmp.only_new)}): {cmp.base} has no valid measurement of "
+                         f"{', '.join(cmp.only_new[:10])}{' ...' if len(cmp.only_new) > 10 else ''}; this fails the "
+                         "comparison (--partial-baseline if the baseline is expected to lack them)")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ A run stored here reads back as a ``HistoryRun``, which offers what a results fo
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ SCHEMA = [
         PRIMARY KEY (run_id, cell_id))""",
     "CREATE INDEX IF NOT EXISTS cells_by_cell ON cells (cell_id)",
 ]
+
+
+_SHARD = re.compile(r"(.+)@shard-(\d+)-of-(\d+)")
+
+
+def shard_key(run_id: str, i: int, n: int) -> str:
+    """The history record of shard i of n of a run."""
+    return f"{run_id}@shard-{i}-of-{n}"
 
 
 LOCK_WAIT_S = 30.0  # how long a write waits for another process's lock on an SQLite store
@@ -118,23 +127,33 @@ class History:
 
     # -- writing ------------------------------------------------------------------------------------
     def record(self, run: RunDir) -> int:
-        """Store a finished run (again, replacing an earlier copy of the same run id). Returns cells stored."""
+        """Store a finished run (again, replacing an earlier copy of the same record). Returns cells stored.
+
+        A run is stored under its own id (``run_id`` in its run.json, which a merged run keeps from its
+        shards). One shard of a run (``--shard i/n``) is stored as ``ID@shard-i-of-n`` with status
+        ``shard``: shards recorded from several machines never replace each other, and the run's id
+        resolves only once every shard is there (``get``), or to the merged run."""
         meta = run.meta()
         env = meta.get("environment", {})
         git = env.get("git") or {}
         cells = run.load_cells()
-        self._exec("DELETE FROM cells WHERE run_id = ?", (run.id,))
-        self._exec("DELETE FROM runs WHERE run_id = ?", (run.id,))
+        run_id = str(meta.get("run_id") or run.id)
+        status = meta.get("status", "unknown")
+        if meta.get("shard"):
+            i, n = (int(x) for x in str(meta["shard"]).split("/"))
+            run_id, status = shard_key(run_id, i, n), ("shard" if status == "complete" else f"shard {status}")
+        self._exec("DELETE FROM cells WHERE run_id = ?", (run_id,))
+        self._exec("DELETE FROM runs WHERE run_id = ?", (run_id,))
         self._exec("INSERT INTO runs (run_id, started, status, branch, commit_sha, machine, meta_json) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   (run.id, meta.get("started"), meta.get("status", "unknown"), git.get("branch"), git.get("commit"),
+                   (run_id, meta.get("started"), status, git.get("branch"), git.get("commit"),
                     f"{env.get('hostname', '')} ({env.get('cpu_model', '')}, {env.get('logical_cores', '')} cores)",
                     dumps(meta, indent=None)))
         for r in cells:
             c = r["cell"]
             self._exec("INSERT INTO cells (run_id, cell_id, model, strategy, batch, threads, concurrency, status, "
                        "p50_s, throughput_sps, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (run.id, c["id"], c["model"], c["strategy"], c["batch"], c["threads"], c["concurrency"],
+                       (run_id, c["id"], c["model"], c["strategy"], c["batch"], c["threads"], c["concurrency"],
                         r["status"], (r.get("latency") or {}).get("p50"),
                         (r.get("throughput") or {}).get("samples_per_s"), dumps(r, indent=None)))
         self.conn.commit()
@@ -151,12 +170,47 @@ class History:
         return [dict(zip(("run_id", "started", "status", "branch", "commit", "machine"), r)) for r in rows]
 
     def get(self, run_id: str) -> HistoryRun | None:
-        row = self._exec("SELECT meta_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return HistoryRun(self, run_id, json.loads(row[0])) if row else None
+        """A recorded run, or the union of its shards once all are recorded. UserError for a run of
+        which only some shards are recorded: comparing against part of a run would pass on too little."""
+        row = self._exec("SELECT meta_json, status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row and not str(row[1]).startswith("shard"):
+            return HistoryRun(self, run_id, json.loads(row[0]))
+        shards = self._shards(run_id)
+        if not shards:
+            return HistoryRun(self, run_id, json.loads(row[0])) if row else None
+        n = shards[0][1]
+        have = sorted(i for _, _, i, status in shards if status == "shard")
+        if have != list(range(1, n + 1)):
+            raise UserError(f"run {run_id} has {len(have)} of its {n} shards recorded complete in the history "
+                            f"(shards {', '.join(map(str, have)) or 'none'}); record the others, or the merged run")
+        return HistoryRun(self, run_id, json.loads(shards[0][0]), [shard_key(run_id, i, n) for i in have])
+
+    def _shards(self, run_id: str) -> list[tuple[str, int, int, str]]:
+        """(meta_json, n, i, status) of every shard record of ``run_id``."""
+        out = []
+        for key, meta_json, status in self._exec("SELECT run_id, meta_json, status FROM runs WHERE run_id LIKE ?",
+                                                 (f"{run_id}@shard-%",)).fetchall():
+            m = _SHARD.fullmatch(key)
+            if m and m[1] == run_id:
+                out.append((meta_json, int(m[3]), int(m[2]), status))
+        return out
 
     def latest(self, branch: str | None = None) -> HistoryRun | None:
-        done = [r for r in self.runs(branch) if r["status"] == "complete"]
-        return self.get(done[-1]["run_id"]) if done else None
+        """The newest complete run: recorded whole, merged, or with every shard recorded."""
+        candidates: list[tuple[float, str]] = []
+        for r in self.runs(branch):
+            if r["status"] == "complete":
+                candidates.append((r["started"] or 0.0, r["run_id"]))
+            elif r["status"] == "shard" and (m := _SHARD.fullmatch(r["run_id"])):
+                candidates.append((r["started"] or 0.0, m[1]))
+        for _, run_id in sorted(set(candidates), reverse=True):
+            try:
+                found = self.get(run_id)
+            except UserError:  # some shards still missing: not a run to compare against
+                continue
+            if found is not None:
+                return found
+        return None
 
     def cells(self, run_id: str, samples: bool = True) -> list[dict[str, Any]]:
         out = []
@@ -171,15 +225,18 @@ class History:
 class HistoryRun:
     """A run read back from the history store; offers what ``bench compare`` and the trend page use."""
 
-    def __init__(self, history: History, run_id: str, meta: dict[str, Any]) -> None:
+    def __init__(self, history: History, run_id: str, meta: dict[str, Any], records: list[str] | None = None) -> None:
         self.history, self.id, self._meta = history, run_id, meta
+        self.records = records or [run_id]  # the shards' records, for a run recorded shard by shard
+        if records:
+            self._meta = {**meta, "status": "complete", "shard": None, "recorded_as": records}
         self.path = Path(f"{history.url if not history.postgres else _redact(history.url)}#{run_id}")
 
     def meta(self) -> dict[str, Any]:
         return self._meta
 
     def load_cells(self, samples: bool = True) -> list[dict[str, Any]]:
-        return self.history.cells(self.id, samples)
+        return [r for key in self.records for r in self.history.cells(key, samples)]
 
 
 def _redact(url: str) -> str:

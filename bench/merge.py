@@ -45,8 +45,10 @@ def merge_runs(shards: list[RunDir], dest: RunDir) -> tuple[int, int, list[str]]
     dest.cells_dir.mkdir(parents=True)
     for name, src in seen.items():
         shutil.copy2(Path(src) / "cells" / name, dest.cells_dir / name)
+    ids = {m.get("run_id") for m in metas}
+    run_id = ids.pop() if len(ids) == 1 and None not in ids else dest.id  # the run's own id, as its shards had it
     dest.write_meta({
-        "run_id": dest.id, "status": "complete" if not missing else "partial", "config": config,
+        "run_id": run_id, "status": "complete" if not missing else "partial", "config": config,
         "environment": metas[0].get("environment", {}), "cells": [c.to_json() for c in matrix],
         "started": min(m.get("started", time.time()) for m in metas), "finished": time.time(),
         "merged_from": [{"run": str(s.path), "shard": m.get("shard"), "environment": envs[s.id]}

@@ -9,6 +9,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -135,3 +136,52 @@ def test_unreachable_postgresql_is_one_line(tmp_path: Path):
     p = run_bench("history", "--history", f"postgresql://bench:secret@127.0.0.1:{port}/x", cwd=tmp_path)
     assert p.returncode == 2 and "cannot connect to the history database" in p.stderr, p.stderr
     assert "secret" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_shards_recorded_at_once_into_one_postgresql_make_one_run(postgres_url: str, tmp_path: Path):
+    """Two shards of one run (as a CI matrix runs them: same --run-id, own folders) record into one
+    PostgreSQL at the same time: neither replaces the other, the run id resolves to both together
+    only, a half-recorded run is refused as a baseline, the merged run keeps the run's id, and a
+    baseline lacking cells the new run measured fails the comparison unless that is expected."""
+    from bench.errors import UserError
+    from tests.conftest import FAST, bench_env
+
+    matrix = ["--models", "mlp", "--strategies", "torch", "--batch-sizes", "1,2", "--concurrency", "1",
+              "--payload-sizes", "none", "--no-report", *FAST]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench", "run", *matrix, "--run-id", "nightly", "--shard", f"{i}/2",
+                               "--out", str(tmp_path / f"runner{i}"), "--history", postgres_url],
+                              cwd=tmp_path, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in (1, 2)]
+    for p in procs:
+        out = p.communicate(timeout=600)[0]
+        assert p.returncode == 0, out[-2000:]
+    with History.open(postgres_url) as h:
+        shards = {r["run_id"]: r["status"] for r in h.runs() if r["run_id"].startswith("nightly")}
+        assert shards == {"nightly@shard-1-of-2": "shard", "nightly@shard-2-of-2": "shard"}
+        whole = h.get("nightly")
+        assert sorted(c["cell"]["id"] for c in whole.load_cells(samples=False)) == ["mlp/torch/b1/t1/c1", "mlp/torch/b2/t1/c1"]
+        assert whole.meta()["status"] == "complete"
+    p = run_bench("compare", "nightly", "nightly", "--history", postgres_url, "--out", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 0 and "over 2 cells (2 of the baseline's 2 valid cells)" in p.stdout, p.stdout + p.stderr
+    # one shard's record gone: the run is not whole, so it is refused rather than compared in half
+    with History.open(postgres_url) as h:
+        h._exec("DELETE FROM cells WHERE run_id = ?", ("nightly@shard-2-of-2",))
+        h._exec("DELETE FROM runs WHERE run_id = ?", ("nightly@shard-2-of-2",))
+        h.conn.commit()
+        with pytest.raises(UserError, match="has 1 of its 2 shards recorded"):
+            h.get("nightly")
+    p = run_bench("compare", "nightly", "nightly", "--history", postgres_url, "--out", str(tmp_path), cwd=tmp_path)
+    assert p.returncode == 2 and "1 of its 2 shards" in p.stderr, p.stdout + p.stderr
+    # merged, the run keeps its own id and is whole again
+    shard1, shard2 = tmp_path / "runner1" / "nightly", tmp_path / "runner2" / "nightly"
+    p = run_bench("merge", str(tmp_path / "all"), str(shard1), str(shard2), "--history", postgres_url, "--no-report",
+                  cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    with History.open(postgres_url) as h:
+        assert len(h.get("nightly").load_cells(samples=False)) == 2
+    # a baseline that lacks a cell the new run measured fails the comparison, unless expected
+    p = run_bench("compare", str(shard1), str(tmp_path / "all"), cwd=tmp_path)
+    assert p.returncode == 1 and "MISSING FROM THE BASELINE (1)" in p.stdout, p.stdout + p.stderr
+    assert "(1 of the baseline's 1 valid cells)" in p.stdout
+    p = run_bench("compare", str(shard1), str(tmp_path / "all"), "--partial-baseline", cwd=tmp_path)
+    assert p.returncode == 0 and "a partial baseline was expected" in p.stdout, p.stdout + p.stderr

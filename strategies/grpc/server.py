@@ -9,10 +9,11 @@ Binds 127.0.0.1 unless told otherwise (a free port with --port 0), reports readi
 standard gRPC health service, sets explicit message-size limits, checks every request against the
 model (INVALID_ARGUMENT naming the mismatch; oversized requests get RESOURCE_EXHAUSTED from gRPC
 itself), sends its own decode/compute/encode times as trailing metadata, and shuts down
-gracefully on SIGTERM or SIGINT. By default it is grpc.aio's server: the event loop receives each
-request whole (a client that stalls mid-message holds no worker), admitted requests run on a pool of
-``--workers`` threads, and beyond ``--max-calls`` requests or ``--max-inflight-mib`` of request bytes
-in service a call gets RESOURCE_EXHAUSTED. ``--server sync`` is grpcio's threaded server.
+gracefully on SIGTERM or SIGINT. Started by hand it is grpc.aio's server: the event loop receives
+each request whole (a client that stalls mid-message holds no worker). ``--server sync`` is grpcio's
+threaded server, which the cells' own servers run (faster; the harness is their only client). Either
+way admitted requests run on a pool of ``--workers`` threads, and beyond ``--max-calls`` requests or
+``--max-inflight-mib`` of request bytes in service a call gets RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations

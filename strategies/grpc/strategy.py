@@ -81,21 +81,22 @@ class GrpcSession(Session):
 
     def _start_server(self, model: ModelHandle, options: SessionOptions) -> str:
         from bench.cache import temp_dir
-        from bench.processes import die_with_parent
-
         self.tmp = temp_dir("grpc-server")  # the server's socket, port file and log; swept if this worker dies
         spec_file, port_file, log = self.tmp / "spec.json", self.tmp / "port.json", self.tmp / "server.log"
         spec_file.write_text(json.dumps(model.spec.to_json()))
         cmd = [sys.executable, "-m", SERVER_MODULE, "--model-spec", str(spec_file), "--seed", str(model.seed),
                "--threads", str(options.threads), "--workers", str(max(4, 2 * options.concurrency)),
                "--max-message-bytes", str(self.max_bytes), "--port-file", str(port_file), "--die-with-parent",
-               "--server", str(options.settings.get("server", "asyncio"))]
+               "--server", str(options.settings.get("server", DEFAULT_SERVER_KIND))]
         cmd += ["--uds", str(self.tmp / "grpc.sock")] if self.transport == "uds" else ["--host", "127.0.0.1", "--port", "0"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path[1:], env.get("PYTHONPATH", "")])
         with open(log, "wb") as f:
-            self.server = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                           preexec_fn=die_with_parent)
+            # No preexec_fn: Python code between fork and exec runs gRPC's fork handlers in the child of a
+            # process with live channels (a server start then aborted in epoll_wait); --die-with-parent
+            # sets the parent-death signal in the server itself, and the cell's process group is killed
+            # at its end whatever happens.
+            self.server = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + float(options.settings.get("startup_timeout_s", STARTUP_TIMEOUT_S))
         while not port_file.exists():
             if self.server.poll() is not None:
@@ -184,7 +185,12 @@ class GrpcSession(Session):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-SERVER_KINDS = ("asyncio", "sync")  # the server's kind (server.py --server): asyncio unless told otherwise
+SERVER_KINDS = ("asyncio", "sync")  # the server's kind (server.py --server)
+# The cells' own servers (loopback or a private socket, the harness their only client) run grpcio's
+# threaded server: side by side (tests/benchmarks/grpc_server_kinds.py) the asyncio one took 1.32x its
+# p50 on the MLP at batch 1 and 2.2x on 1 MiB, and a route is measured at its best. A server started
+# by hand for others to reach (python -m strategies.grpc.server) is the asyncio one unless told otherwise.
+DEFAULT_SERVER_KIND = "sync"
 
 
 class _Grpc(Strategy):
@@ -197,7 +203,7 @@ class _Grpc(Strategy):
     settings_keys = ("deadline_s", "max_message_bytes", "startup_timeout_s", "server")  # and `target`, from TARGET_FLAG
 
     def check_settings(self, settings: Mapping[str, Any]) -> None:
-        if settings.get("server", "asyncio") not in SERVER_KINDS:
+        if settings.get("server", DEFAULT_SERVER_KIND) not in SERVER_KINDS:
             raise ValueError(f"server must be one of {', '.join(SERVER_KINDS)}, got {settings.get('server')!r}")
 
     def available(self) -> Availability:

@@ -1,9 +1,9 @@
-"""The gRPC server's two kinds side by side (issue 20): the asyncio server (the default: a client
-that stalls mid-message holds no worker, requests pass admission caps) against grpcio's threaded
-server (`--server sync`, what the strategy used before), measured in one process in rounds of
+"""The gRPC server's two kinds side by side (issue 20): the asyncio server (a client that stalls
+mid-message holds no worker; the default of a server started by hand) against grpcio's threaded
+server (`--server sync`, what the cells' own servers run), measured in one process in rounds of
 rotating order: one caller's p50 on the MLP at batch 1 and on the identity model at 1 MiB, and
-four callers' throughput on the MLP. Then the asyncio server's resident memory after 100 calls of
-16 MiB with distinct request ids, against the same server's before them.
+four callers' throughput on the MLP. Then each server's resident memory after 100 calls of 16 MiB
+with distinct request ids, against the same server's before them.
 
 Figures, not a timed test. python -m tests.benchmarks.grpc_server_kinds [--rounds 6]
 """
@@ -58,25 +58,28 @@ def main() -> int:
             a, b = (statistics.median(results[(case, k)]) for k in kinds)
             unit = "calls/s" if callers > 1 else "µs p50"
             print(f"{case:<20} {a:>9,.1f} {b:>9,.1f}  {a / b:>10.3f}x   ({unit})")
-        # memory: 100 calls of 16 MiB with distinct request ids against the asyncio server
+        for s, _, _ in sessions.values():
+            s.close()
+        sessions.clear()
+        # memory: 100 calls of 16 MiB with distinct request ids against each kind of server
         h = ModelHandle(BUILTIN_MODELS["identity"], 0)
-        s = grpc_strategy.open(h, None, SessionOptions(1, 1, {"server": "asyncio"}))
         pb2, _ = stubs.load()
         x = make_inputs(h.spec, 16 * 1024, 0)
-        s.run(x)
-        pid = next(pid for pid, role in s.pids() if "server" in role)
-        before = rss(pid)
-        peak = before
         request = codec.encode_request(pb2, x, codec.RAW, "identity")
-        for i in range(100):
-            request.id = f"distinct-{i:04d}-" + "x" * 1000
-            s.infer(request.SerializeToString(), timeout=60)
-            peak = max(peak, rss(pid))
-        after = rss(pid)
-        s.close()
         mib = 2**20
-        print(f"asyncio server RSS: {before / mib:,.0f} MiB after one 16 MiB call, {after / mib:,.0f} MiB after 100 "
-              f"more with distinct ids (+{(after - before) / mib:,.0f} MiB; highest sampled {peak / mib:,.0f} MiB)")
+        for kind in kinds:
+            s = grpc_strategy.open(h, None, SessionOptions(1, 1, {"server": kind}))
+            s.run(x)
+            pid = next(pid for pid, role in s.pids() if "server" in role)
+            before = peak = rss(pid)
+            for i in range(100):
+                request.id = f"distinct-{i:04d}-" + "x" * 1000
+                s.infer(request.SerializeToString(), timeout=60)
+                peak = max(peak, rss(pid))
+            after = rss(pid)
+            s.close()
+            print(f"{kind} server RSS: {before / mib:,.0f} MiB after one 16 MiB call, {after / mib:,.0f} MiB after 100 "
+                  f"more with distinct ids (+{(after - before) / mib:,.0f} MiB; highest sampled {peak / mib:,.0f} MiB)")
     finally:
         for s, _, _ in sessions.values():
             s.close()
