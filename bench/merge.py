@@ -4,6 +4,7 @@ folder, so one report and one comparison cover the whole sweep."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -42,11 +43,28 @@ def merge_runs(shards: list[RunDir], dest: RunDir) -> tuple[int, int, list[str]]
     if missing:
         warnings.append(f"{len(missing)} of {len(matrix)} cells are in no shard (a shard missing or unfinished): "
                         + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
-    dest.cells_dir.mkdir(parents=True)
+    # built in a temporary folder beside the destination and renamed into place only when whole: a merge
+    # that fails (a full disk, a killed process) leaves no half-written run that looks complete
+    final = dest
+    dest = RunDir(final.path.with_name(f".{final.path.name}.tmp-{os.getpid()}"))
+    shutil.rmtree(dest.path, ignore_errors=True)
+    try:
+        dest.cells_dir.mkdir(parents=True)
+        _write(dest, final, shards, metas, seen, matrix, missing, envs, config)
+        os.replace(dest.path, final.path)
+    except BaseException:
+        shutil.rmtree(dest.path, ignore_errors=True)
+        raise
+    final.write_summary()  # its rows carry the run folder's final name
+    return len(seen), len(matrix), warnings
+
+
+def _write(dest: RunDir, final: RunDir, shards: list[RunDir], metas: list[dict], seen: dict[str, str], matrix: list,
+           missing: list[str], envs: dict, config: dict) -> None:
     for name, src in seen.items():
         shutil.copy2(Path(src) / "cells" / name, dest.cells_dir / name)
     ids = {m.get("run_id") for m in metas}
-    run_id = ids.pop() if len(ids) == 1 and None not in ids else dest.id  # the run's own id, as its shards had it
+    run_id = ids.pop() if len(ids) == 1 and None not in ids else final.id  # the run's own id, as its shards had it
     dest.write_meta({
         "run_id": run_id, "status": "complete" if not missing else "partial", "config": config,
         "environment": metas[0].get("environment", {}), "cells": [c.to_json() for c in matrix],
@@ -54,5 +72,3 @@ def merge_runs(shards: list[RunDir], dest: RunDir) -> tuple[int, int, list[str]]
         "merged_from": [{"run": str(s.path), "shard": m.get("shard"), "environment": envs[s.id]}
                         for s, m in zip(shards, metas)],
     })
-    dest.write_summary()
-    return len(seen), len(matrix), warnings

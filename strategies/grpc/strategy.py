@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from strategies.grpc.server import TIMING_KEY
 
 BASE_DEADLINE_S = 10.0  # per call, plus 1 s per MB sent and received: slow is allowed, hung is not
 STARTUP_TIMEOUT_S = 120.0
+REMOTE_TIMEOUT_S = 10.0  # a server started elsewhere is already up: one that does not answer by then is not there
 SERVER_MODULE = "strategies.grpc.server"
 
 
@@ -66,7 +68,8 @@ class GrpcSession(Session):
             address = self.target or self._start_server(model, options)
             self.address = address
             self.channel = grpc.insecure_channel(address, options=message_options(self.max_bytes))
-            self._wait_ready(health_pb2, health_pb2_grpc.HealthStub(self.channel), float(s.get("startup_timeout_s", STARTUP_TIMEOUT_S)))
+            wait = float(s.get("startup_timeout_s", REMOTE_TIMEOUT_S if self.target else STARTUP_TIMEOUT_S))
+            self._wait_ready(health_pb2, health_pb2_grpc.HealthStub(self.channel), wait)
             stub = services.GRPCInferenceServiceStub(self.channel)
             meta = stub.ModelMetadata(self.pb2.ModelMetadataRequest(name=model.spec.name), timeout=BASE_DEADLINE_S)
             if model.content_hash and meta.content_hash != model.content_hash:
@@ -130,7 +133,13 @@ class GrpcSession(Session):
         else:
             request = self._request_header(inputs)
         t1 = clock()
-        data, call = self.infer.with_call(request, timeout=self.deadline(len(request)))
+        try:
+            data, call = self.infer.with_call(request, timeout=self.deadline(len(request)))
+        except self.grpc.RpcError as e:
+            died = self._server_death()
+            if died:  # the first line says what happened, not only that the call failed
+                raise RuntimeError(f"{died}; the call got {e.code().name}") from e
+            raise
         t2 = clock()
         if self.encoding == codec.RAW:
             layout, outputs, (meta, raw_out) = self.layouts.read(data)
@@ -163,6 +172,21 @@ class GrpcSession(Session):
     def last_phases_ns(self) -> dict[str, int]:
         return self._phases
 
+    def _server_death(self) -> str:
+        """'the gRPC server (pid N) died with signal SIGKILL; its last log line: ...' once it has exited."""
+        if self.server is None:
+            return ""
+        try:
+            rc = self.server.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            return ""
+        how = f"was killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+        last = ""
+        if self.tmp is not None and (self.tmp / "server.log").exists():
+            lines = (self.tmp / "server.log").read_text(errors="replace").strip().splitlines()
+            last = f"; its last log line: {lines[-1][:200]}" if lines else ""
+        return f"the gRPC server (pid {self.server.pid}) {how}{last}"
+
     def pids(self) -> list[tuple[int, str]]:
         return [(self.server.pid, "grpc server")] if self.server else []
 
@@ -187,8 +211,8 @@ class GrpcSession(Session):
 
 SERVER_KINDS = ("asyncio", "sync")  # the server's kind (server.py --server)
 # The cells' own servers (loopback or a private socket, the harness their only client) run grpcio's
-# threaded server: side by side (tests/benchmarks/grpc_server_kinds.py) the asyncio one took 1.32x its
-# p50 on the MLP at batch 1 and 2.2x on 1 MiB, and a route is measured at its best. A server started
+# threaded server: side by side (tests/benchmarks/grpc_server_kinds.py) the asyncio one took 1.21x its
+# p50 on the MLP at batch 1 and 2.17x on 1 MiB, and a route is measured at its best. A server started
 # by hand for others to reach (python -m strategies.grpc.server) is the asyncio one unless told otherwise.
 DEFAULT_SERVER_KIND = "sync"
 
