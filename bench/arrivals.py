@@ -25,6 +25,7 @@ from strategies.base import Arrays, Arrivals, Session
 
 LATE_S = 1e-3  # a request sent more than this after its scheduled time counts as sent late
 START_LEAD_S = 0.02  # the schedule starts this long after the callers are told to go
+GRACE_S = 2.0  # at least this long past the schedule's end, an overloaded route's window stops
 
 
 def schedule(rate: float, n: int, arrival: str = "poisson", seed: int = 0) -> np.ndarray:
@@ -44,10 +45,14 @@ def plan(rate: float, min_duration_s: float, min_requests: int, max_duration_s: 
     the load may stop early once more than 1% of the measured requests have missed it (p99 cannot
     be within the budget any more)."""
     measured_s = max(min_duration_s, min(min_requests / rate, max_duration_s))
-    n = max(1, math.ceil(rate * measured_s))
+    n = max(2, math.ceil(rate * measured_s))  # two at least: a rate needs an interval
     warmup_n = math.ceil(rate * warmup_s)
     over = int(n * 0.01) if budget_s > 0 else 0
-    return Arrivals(schedule(rate, warmup_n + n, arrival, seed), warmup_n, int(budget_s * 1e9), over)
+    offsets = schedule(rate, warmup_n + n, arrival, seed)
+    # a route that cannot keep up is not waited for past the schedule's end plus a grace (half the
+    # window, at least 2 s): what it never sent counts as never served
+    deadline = offsets[-1] + max(GRACE_S, 0.5 * measured_s)
+    return Arrivals(offsets, warmup_n, int(budget_s * 1e9), over, int(deadline * 1e9))
 
 
 @dataclass
@@ -68,9 +73,12 @@ class ArrivalResult:
         return self.done_ns >= 0
 
     def latency_ns(self) -> np.ndarray:
-        """Completed requests' latency from their scheduled arrival."""
+        """Every request's latency from its scheduled arrival. A request never served counts with the
+        time it had waited when the load ended (a lower bound), so an overloaded route's percentiles
+        are not taken over the requests it happened to serve."""
         ok = self.completed
-        return self.done_ns[ok] - self.sched_ns[ok]
+        end = int(self.done_ns[ok].max()) if ok.any() else int(self.sched_ns[-1]) if len(self.sched_ns) else 0
+        return np.where(ok, self.done_ns - self.sched_ns, np.maximum(end - self.sched_ns, 0))
 
     def service_ns(self) -> np.ndarray:
         """Completed requests' latency from when they were actually sent (what send-time timing sees)."""
@@ -90,9 +98,13 @@ class ArrivalResult:
         else:
             achieved = None
         late = float(np.mean((self.send_ns[sent] - self.sched_ns[sent]) > LATE_S * 1e9)) if sent.any() else None
-        # queue: arrivals due but not yet sent, just after each arrival (unsent requests never leave it)
+        # queue: requests more than LATE_S past due and not yet sent, at the moment each one becomes late
+        # (a request that has just arrived is not queued; unsent requests never leave the queue)
         sends = np.sort(np.where(sent, self.send_ns, np.iinfo(np.int64).max))
-        queue = np.arange(1, n + 1) - np.searchsorted(sends, self.sched_ns, side="right")
+        late_at = self.sched_ns + int(LATE_S * 1e9)
+        queue = np.searchsorted(self.sched_ns, late_at - int(LATE_S * 1e9), side="right") \
+            - np.searchsorted(sends, late_at, side="right")
+        queue = np.maximum(queue, 0)
         return {"offered_rps": offered, "achieved_rps": achieved, "late_fraction": late,
                 "max_queue": float(queue.max()) if n else None, "completed_fraction": done / n if n else None}
 
@@ -126,6 +138,9 @@ def drive(session: Session, inputs: Arrays, arrivals: Arrivals, callers: int,
             while not stop.is_set():
                 i = nxt()
                 if i >= total:
+                    return
+                if arrivals.deadline_ns and clock() - t0 > arrivals.deadline_ns:
+                    stop.set()  # overloaded past the grace: the rest are never served
                     return
                 due = t0 + offsets[i]
                 wait = due - clock()

@@ -64,6 +64,7 @@ class Comparison:
     broken: list[str] = field(default_factory=list)  # valid in base, measured but not valid in new
     warnings: list[str] = field(default_factory=list)
     base_cells: int = 0  # cells the baseline measured validly
+    fixed: list[str] = field(default_factory=list)  # failed or wrong in base, valid in new
     partial_baseline: bool = False  # cells the baseline lacks are expected (not a failure)
 
     @property
@@ -79,7 +80,7 @@ class Comparison:
                 "concurrent_threshold": self.concurrent_threshold,
                 "changes": [asdict(c) for c in self.changes], "only_base": self.only_base,
                 "only_new": self.only_new, "broken": self.broken, "warnings": self.warnings,
-                "base_cells": self.base_cells, "partial_baseline": self.partial_baseline}
+                "base_cells": self.base_cells, "partial_baseline": self.partial_baseline, "fixed": self.fixed}
 
     @property
     def failed(self) -> bool:
@@ -141,8 +142,9 @@ def compare_cells(base_cells: list[dict[str, Any]], new_cells: list[dict[str, An
         lo, hi = ratio_ci(a, c, rng)
         p = mann_whitney_p(a, c)
         th = concurrent_threshold if scenario.latency_threshold is not None else threshold
-        changes.append(Change(cid, "latency p50", "lower", ma / 1e9, mc / 1e9, mc / ma, lo, hi, p,
-                              _verdict(lo, hi, p, "lower", th, alpha)))
+        if scenario.compares_latency:
+            changes.append(Change(cid, "latency p50", "lower", ma / 1e9, mc / 1e9, mc / ma, lo, hi, p,
+                                  _verdict(lo, hi, p, "lower", th, alpha)))
         for m in scenario.metrics:
             vb, vn = (f.at[cid, m.key] if m.key in f.columns else None for f in frames)
             if vb is None or vn is None or not (vb == vb and vn == vn) or vb <= 0:  # missing or NaN
@@ -211,8 +213,11 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     new_status = {r["cell"]["id"]: r["status"] for r in _keyed(new.load_cells(samples=False), nm, qualify)}
     broken = [c for c in only_base if new_status.get(c) in ("error", "invalid")]
     only_base = [c for c in only_base if c not in broken]
+    base_status = {r["cell"]["id"]: r["status"] for r in _keyed(base.load_cells(samples=False), bm, qualify)}
+    fixed = [c for c in only_new if base_status.get(c) in ("error", "invalid", "skipped")]  # the base measured them
+    only_new = [c for c in only_new if c not in fixed]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken,
-                     partial_baseline=partial_baseline)
+                     partial_baseline=partial_baseline, fixed=fixed)
     cmp.base_cells = len({c.cell_id for c in changes}) + len(only_base) + len(broken)
     cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
     for r in (base, new):
@@ -269,6 +274,8 @@ def format_comparison(cmp: Comparison) -> str:
                  f"{unchanged} unchanged" + (f", {len(cmp.broken)} broken" if cmp.broken else ""))
     if cmp.only_base:
         lines.append(f"only in {cmp.base} (not measured validly in {cmp.new}): {', '.join(cmp.only_base)}")
+    if cmp.fixed:
+        lines.append(f"fixed ({len(cmp.fixed)}): failed or wrong in {cmp.base}, valid in {cmp.new}: {', '.join(cmp.fixed)}")
     if cmp.only_new:
         if cmp.partial_baseline:
             lines.append(f"only in {cmp.new} (a partial baseline was expected): {', '.join(cmp.only_new)}")

@@ -326,6 +326,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} does not exist") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    plugins = data.get("plugins")
+    if isinstance(plugins, list) and all(isinstance(m, str) for m in plugins):
+        from bench import scenarios  # the file's own plugins may add scenario tables: know them first
+
+        scenarios.discover(plugins)
     unknown_keys(f"config file {path}", data, top_keys())
     return data
 

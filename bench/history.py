@@ -180,6 +180,13 @@ class History:
             return HistoryRun(self, run_id, json.loads(row[0])) if row else None
         n = shards[0][1]
         have = sorted(i for _, _, i, status in shards if status == "shard")
+        metas = [json.loads(m) for m, _, _, _ in shards]
+        commits = {((m.get("environment") or {}).get("git") or {}).get("commit") for m in metas}
+        configs = {json.dumps(m.get("config"), sort_keys=True) for m in metas}
+        if len(commits) > 1 or len(configs) > 1:  # e.g. last night's shard 2 beside tonight's shard 1
+            raise UserError(f"the shards of run {run_id} in the history come from different "
+                            f"{'commits' if len(commits) > 1 else 'configs'}, so they are not one run; give each "
+                            "CI run its own --run-id (e.g. nightly-$GITHUB_RUN_ID)")
         if have != list(range(1, n + 1)):
             raise UserError(f"run {run_id} has {len(have)} of its {n} shards recorded complete in the history "
                             f"(shards {', '.join(map(str, have)) or 'none'}); record the others, or the merged run")

@@ -142,18 +142,25 @@ class LoadResult:
     calls: int
     wall_s: float
     errors: list[str]
+    cpu_s: float | None = None  # CPU seconds of the watched processes over the measured window
+    cpu_by_role: dict[str, float] | None = None
 
 
 def closed_loop(
     session: Session, inputs: Arrays, callers: int, duration_s: float, warmup_s: float,
-    between_rounds: Callable[[], None] = lambda: None,
+    between_rounds: Callable[[], None] = lambda: None, cpu: Any = None,
 ) -> LoadResult:
     """N callers in threads, each calling run() back to back (perf_analyzer's concurrency mode):
     a warm-up with all callers running, then every completed call's latency over duration_s.
     A session whose callers live in another runtime runs them there (``Session.run_load``)."""
     if type(session).run_load is not Session.run_load:
+        mark = cpu.mark() if cpu is not None else None
         foreign = _foreign_load(session, inputs, callers, duration_s, warmup_s, between_rounds)
         if foreign is not None:
+            if mark is not None:  # the window is inside the foreign runtime: its share of the whole load's CPU
+                total, by_role = cpu.since(mark)
+                share = duration_s / (duration_s + warmup_s)
+                foreign.cpu_s, foreign.cpu_by_role = total * share, {k: v * share for k, v in by_role.items()}
             return foreign
     barrier = threading.Barrier(callers + 1)
     stop = threading.Event()
@@ -181,6 +188,7 @@ def closed_loop(
         t.start()
     barrier.wait()
     time.sleep(warmup_s)
+    mark = cpu.mark() if cpu is not None else None
     measuring.set()
     t0 = time.perf_counter()
     while not stop.wait(min(0.1, max(0.0, duration_s - (time.perf_counter() - t0)))):
@@ -189,11 +197,12 @@ def closed_loop(
             break
     measuring.clear()
     wall = time.perf_counter() - t0
+    used = cpu.since(mark) if mark is not None else (None, None)
     stop.set()
     for t in threads:
         t.join(timeout=60)
     lat = np.array([x for lst in per_thread for x in lst], dtype=np.int64)
-    return LoadResult(lat, len(lat), wall, errors)
+    return LoadResult(lat, len(lat), wall, errors, *used)
 
 
 def _foreign_load(

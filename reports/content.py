@@ -545,13 +545,14 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
     return sec
 
 
-def _capacity(results: list[dict[str, Any]]) -> dict[tuple[str, int, str], Capacity]:
-    """The slo scenario's answers by (model, batch, strategy), for the decision."""
+def _capacity(results: list[dict[str, Any]]) -> dict[tuple[str, int, int, str, str], Capacity]:
+    """The slo scenario's answers by (model, batch, threads, allocator, strategy), for the decision."""
     out = {}
     for r in results:
         d, c = r.get("scenario_detail") or {}, r["cell"]
         if r["status"] == "ok" and "max_rps" in d and d.get("budget_s"):
-            out[(c["model"], int(c["batch"]), c["strategy"])] = Capacity(d["max_rps"], d["budget_s"] * 1e3, bool(d.get("capped")))
+            key = (c["model"], int(c["batch"]), int(c["threads"]), c.get("malloc", ""), c["strategy"])
+            out[key] = Capacity(d["max_rps"], d["budget_s"] * 1e3, bool(d.get("capped")))
     return out
 
 

@@ -121,10 +121,10 @@ class Capacity:
 
 def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Constraints,
            payload_models: tuple[str, ...] = ("identity",),
-           capacity: dict[tuple[str, int, str], Capacity] | None = None) -> list[Block]:
+           capacity: dict[tuple[str, int, int, str, str], Capacity] | None = None) -> list[Block]:
     """One block per caller language (or the one asked for): per model, batch, threads and allocator
     at the fewest callers, eligible strategies ranked by p50, ties marked, the rest with reasons.
-    ``capacity`` ((model, batch, strategy) -> the slo scenario's answer) adds each route's highest
+    ``capacity`` ((model, batch, threads, allocator, strategy) -> the slo scenario's answer) adds each route's highest
     rate, and with ``required_rate_rps`` rules out the routes that do not hold it."""
     capacity = capacity or {}
     callers = [constraints.caller] if constraints.caller else list(LANGUAGES)
@@ -157,14 +157,18 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
                     elif pd.notna(r.max_ms) and r.max_ms > constraints.p99_budget_ms:
                         why = (f"p99 not estimable from {int(r.samples)} samples, and its slowest call "
                                f"({_ms(r.max_ms)}) is over the {_ms(constraints.p99_budget_ms)} budget")
-                cap = capacity.get((str(model), int(batch), r.strategy))
+                cap = capacity.get((str(model), int(batch), int(threads), str(malloc), r.strategy))
                 if not why and constraints.required_rate_rps is not None:
                     need = constraints.required_rate_rps
                     if cap is None:
                         why = f"its highest rate within a p99 budget was not measured (the slo scenario), so {need:,.0f}/s is unknown"
-                    elif cap.max_rps is None or (cap.max_rps < need and not cap.capped):
-                        held = f"{cap.max_rps:,.0f}/s" if cap.max_rps else "no rate"
-                        why = f"holds {held} within p99 {cap.budget_ms:g} ms, under the {need:,.0f}/s required"
+                    elif cap.max_rps is None or cap.max_rps < need:
+                        if cap.capped and cap.max_rps:
+                            why = (f"held every rate tried within p99 {cap.budget_ms:g} ms, up to {cap.max_rps:,.0f}/s "
+                                   f"(the search's cap); {need:,.0f}/s was not tested")
+                        else:
+                            held = f"{cap.max_rps:,.0f}/s" if cap.max_rps else "no rate"
+                            why = f"holds {held} within p99 {cap.budget_ms:g} ms, under the {need:,.0f}/s required"
                 if why:
                     cd.excluded.append((r.strategy, why))
                     continue

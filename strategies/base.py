@@ -120,6 +120,7 @@ class Arrivals:
     warmup_n: int
     budget_ns: int = 0
     max_over: int = 0
+    deadline_ns: int = 0  # no request is sent after this (ns from the start; 0: none): an overloaded route ends
 
     def offsets_ns(self) -> np.ndarray:
         return np.round(np.asarray(self.offsets_s, dtype=np.float64) * 1e9).astype(np.int64)

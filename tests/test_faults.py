@@ -122,3 +122,14 @@ def test_a_results_folder_that_cannot_take_a_write_stops_the_run_keeping_what_it
     run = tmp_path / "full"
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     assert not list(run.rglob("*.tmp")) and not list((run / "cells").glob(".*"))
+
+
+def test_a_cell_broken_in_the_base_and_fixed_now_is_not_missing_from_the_base(measured: Path, tmp_path: Path):
+    base = tmp_path / "broken"
+    shutil.copytree(measured / "base", base)
+    victim = sorted((base / "cells").glob("*.json"))[0]
+    r = json.loads(victim.read_text())
+    victim.write_text(json.dumps({**r, "status": "error", "error": "RuntimeError: it broke"}))
+    p = run_bench("compare", str(base), str(measured / "base"), cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "fixed (1)" in p.stdout and "MISSING FROM THE BASELINE" not in p.stdout

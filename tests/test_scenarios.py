@@ -211,3 +211,71 @@ def test_results_from_before_scenarios_still_render_and_compare(tmp_path: Path):
     assert ids == {"mlp/torch/b1/t1/c1", "mlp/torch/b1/t1/c2", "identity/torch/b1/t1/c1"}
     rows = {r["cell_id"]: r["scenario"] for r in _summary(tmp_path / "new")}
     assert rows == {"mlp/torch/b1/t1/c1": "latency", "mlp/torch/b1/t1/c2": "closed-loop", "identity/torch/b1/t1/c1": "payload"}
+
+
+def test_an_idle_route_has_no_queue():
+    res = arrivals.drive(arrivals.NullSession(), {}, arrivals.plan(100.0, 1.0, 100, 1.0, 0.0, "constant"), callers=2)
+    f = res.figures()
+    # a request that has just arrived is not queued: only one sent over 1 ms late (a busy machine) is
+    assert f["max_queue"] == 0 or f["late_fraction"] > 0, f
+
+
+class _OneAtATime(Session):
+    """5 ms a call, one call at a time: 200/s at most."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+
+    def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        import time
+
+        with self.lock:
+            time.sleep(0.005)
+        return {}
+
+
+def test_an_overloaded_route_is_not_waited_for_past_the_grace():
+    """2,000/s against a 200/s route for 1 s: the driver stops sending 2 s after the schedule ends
+    (not after the 10 s the backlog would take); what was never sent counts, with the time it had
+    waited, so the percentiles are not taken over the lucky few."""
+    import time
+
+    plan = arrivals.plan(2000.0, 1.0, 100, 1.0, 0.0)
+    t0 = time.monotonic()
+    res = arrivals.drive(_OneAtATime(), {}, plan, callers=4)
+    assert time.monotonic() - t0 < 5
+    f = res.figures()
+    assert res.stopped_early and f["completed_fraction"] < 0.5, f
+    lat = res.latency_ns()
+    assert len(lat) == len(res.sched_ns)  # every request, served or not
+    assert np.percentile(lat, 99) > 1.5e9  # the unserved ones waited seconds by the end
+
+
+def test_a_plugin_s_scenario_table_is_known_in_its_config_file(tmp_path: Path):
+    from bench.config import load_config_file
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('plugins = ["tests.plugins.scenario_plugin"]\n[fixed_calls_test]\ncalls = 7\n')
+    assert load_config_file(cfg)["fixed_calls_test"] == {"calls": 7}
+
+
+def test_a_required_rate_rules_out_a_capped_search_below_it():
+    import pandas as pd
+
+    from reports.decision import Capacity, Constraints, decide
+
+    df = pd.DataFrame([{"model": "mlp", "batch": 1, "threads": 1, "malloc": "", "concurrency": 1, "strategy": s,
+                        "p50_ms": p, "p99_ms": p * 2, "max_ms": p * 3, "samples": 1000, "ci_low_ms": p, "ci_high_ms": p,
+                        "throughput_sps": 1e3 / p, "mem_added_mb": 10.0, "valid": True, "status": "ok", "error": ""}
+                       for s, p in (("a", 0.1), ("b", 0.2), ("c", 0.3))])
+    facts = {s: {"languages": ["python"], "python_at_deployment": True} for s in "abc"}
+    capacity = {("mlp", 1, 1, "", "a"): Capacity(5000.0, 10.0, capped=True),  # every rate up to 5k passed
+                ("mlp", 1, 1, "", "b"): Capacity(20000.0, 10.0),
+                ("mlp", 1, 1, "", "c"): Capacity(900.0, 10.0)}
+    cell = decide(df, facts, Constraints(caller="python", required_rate_rps=8000), capacity=capacity)[0].cells[0]
+    assert [r.strategy for r in cell.eligible] == ["b"]
+    why = dict(cell.excluded)
+    assert why["a"].startswith("held every rate tried within p99 10 ms, up to 5,000/s (the search's cap); 8,000/s was not tested")
+    assert why["c"] == "holds 900/s within p99 10 ms, under the 8,000/s required"

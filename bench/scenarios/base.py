@@ -137,6 +137,9 @@ class Scenario:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     #: the threshold compare applies to this scenario's latency samples (None: compare's own)
     latency_threshold: ClassVar[float | None] = None
+    #: compare tests its cells' latency samples (False where they come from a rate that differs from run
+    #: to run, as the slo search's answer does: its own metrics judge it instead)
+    compares_latency: ClassVar[bool] = True
     #: its cells need the open-loop load generator's own ceiling (measured once per run, in job["load_generator"])
     needs_load_generator: ClassVar[bool] = False
 

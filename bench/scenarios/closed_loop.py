@@ -32,11 +32,12 @@ class ClosedLoop(Scenario):
     def measure(self, ctx: Context) -> Measured:
         n = ctx.cell.concurrency
         load = closed_loop(ctx.session, ctx.inputs, n, ctx.sampling.concurrency_s, ctx.sampling.warmup_s,
-                           ctx.between_rounds)
+                           ctx.between_rounds, ctx.cpu)
         if load.errors:
             raise RuntimeError(f"concurrent call failed: {load.errors[0]}")
         if not load.calls:
             raise RuntimeError("no call completed during the concurrency window")
         return Measured(load.latency_ns, load.calls, load.wall_s,
                         {"converged": True, "rounds": 1, "wall_s": load.wall_s,
-                         "stop_reason": f"{n} callers for {load.wall_s:.1f}s"})
+                         "stop_reason": f"{n} callers for {load.wall_s:.1f}s"},
+                        cpu_s=load.cpu_s, cpu_by_role=load.cpu_by_role or {})

@@ -69,6 +69,12 @@ def window_options() -> dict[str, Option]:
     }
 
 
+def check_window(where: str, o: dict[str, Any]) -> dict[str, Any]:
+    if o["min_duration_s"] > o["max_duration_s"]:
+        raise UserError(f"[{where}] min_duration_s ({o['min_duration_s']:g}) is above max_duration_s ({o['max_duration_s']:g})")
+    return o
+
+
 def open_cells(cfg: Any, scenario: str, callers: int, point: str) -> list[Cell]:
     """One caller-pool cell per model x batch x threads x strategy at ``point`` (strategies that take
     no concurrent calls get one caller)."""
@@ -126,6 +132,9 @@ class OpenLoop(Scenario):
     latency_threshold = 0.30
     needs_load_generator = True
 
+    def configure(self, raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+        return check_window(self.table, super().configure(raw, flags))
+
     def cells(self, cfg: Any, options: dict[str, Any]) -> list[Cell]:
         return [c for rate in options["rates"] for c in open_cells(cfg, self.name, options["callers"], rate_label(rate))]
 
@@ -139,14 +148,17 @@ class OpenLoop(Scenario):
         rate = label_rate(ctx.cell.point)
         res, figs = run_window(ctx, rate, ctx.options)
         lat = res.latency_ns()
-        if not len(lat):
+        served = int(res.completed.sum())
+        if not served:
             raise RuntimeError(f"no request completed at {rate:g}/s")
         wall = (res.done_ns[res.completed].max() - res.sched_ns[0]) / 1e9
         warnings = [w for w in [ceiling_warning(ctx, rate, res.driver)] if w]
         if figs["completed_fraction"] < 1:
-            warnings.append(f"{1 - figs['completed_fraction']:.1%} of the requests at {rate:g}/s were never served")
+            warnings.append(f"{1 - figs['completed_fraction']:.1%} of the requests at {rate:g}/s were never served by the "
+                            "window's end plus its grace: the route cannot keep up, and its percentiles (which count "
+                            "them with the time they had waited) are lower bounds")
         return Measured(
-            lat, len(lat), wall,
+            lat, served, wall,
             {"converged": True, "rounds": 1, "wall_s": wall,
              "stop_reason": f"{len(res.sched_ns)} {ctx.options['arrival']} arrivals at {rate:g}/s, {res.callers} callers ({res.driver})"},
             calls_per_s=figs["achieved_rps"],
@@ -154,8 +166,8 @@ class OpenLoop(Scenario):
                      "late_fraction": figs["late_fraction"], "max_queue": figs["max_queue"],
                      "p999_ms": figs["p99.9_s"] * 1e3 if figs["p99.9_s"] is not None else None},
             detail={**figs, "warnings": warnings},
-            cpu_s=figs["cpu_ms_per_inference"] / 1e3 * len(lat) if figs["cpu_ms_per_inference"] is not None else None,
-            cpu_by_role={k: v / 1e3 * len(lat) for k, v in figs["cpu_by_role_ms"].items()},
+            cpu_s=figs["cpu_ms_per_inference"] / 1e3 * served if figs["cpu_ms_per_inference"] is not None else None,
+            cpu_by_role={k: v / 1e3 * served for k, v in figs["cpu_by_role_ms"].items()},
         )
 
     def describe(self, result: dict[str, Any]) -> str:

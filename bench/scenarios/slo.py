@@ -33,6 +33,7 @@ from bench.scenarios.open_loop import (
     MAX_RATE,
     SAFE_SHARE,
     ceiling_warning,
+    check_window,
     open_cells,
     run_window,
     window_options,
@@ -103,6 +104,13 @@ class Slo(Scenario):
     metrics = (Metric("max_rps_within_slo", "rate in SLO", "higher", 0.25),)
     latency_threshold = 0.30
     needs_load_generator = True
+    compares_latency = False  # its samples are at the rate this run's search found, not a fixed one
+
+    def configure(self, raw: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+        o = check_window(self.table, super().configure(raw, flags))
+        if o["min_rate"] > o["max_rate"]:
+            raise UserError(f"[slo] min_rate ({o['min_rate']:g}) is above max_rate ({o['max_rate']:g})")
+        return o
 
     def cells(self, cfg: Any, options: dict[str, Any]) -> list[Cell]:
         return open_cells(cfg, self.name, options["callers"], "")
@@ -150,10 +158,11 @@ class Slo(Scenario):
             w = ceiling_warning(ctx, best, res.driver)
             if w:
                 warnings.append(w)
-        else:
+        else:  # nothing passed: the figures are the lowest rate's, the least loaded window
             res = results[min(results)] if results else None
             lat = np.sort(res.latency_ns()) / 1e9 if res is not None else np.empty(0)
-            ci, chosen = None, {}
+            ci = None
+            chosen = next((s for s in found["steps"] if results and s["rate"] == min(results)), {})
         if not len(lat):
             raise RuntimeError("no request completed in any window of the search")
         detail = {"budget_s": budget, **found, "p99_ci": ci, "confident": bool(ci and ci[1] <= budget),
@@ -170,7 +179,7 @@ class Slo(Scenario):
                                  "offered_rps": chosen.get("offered_rps"), "achieved_rps": chosen.get("achieved_rps"),
                                  "late_fraction": chosen.get("late_fraction")},
                         detail=detail,
-                        cpu_s=chosen["cpu_ms_per_inference"] / 1e3 * len(ns) if chosen.get("cpu_ms_per_inference") else None)
+                        cpu_s=chosen["cpu_ms_per_inference"] / 1e3 * len(ns) if chosen.get("cpu_ms_per_inference") else math.nan)
 
     def describe(self, result: dict[str, Any]) -> str:
         d = result.get("scenario_detail") or {}

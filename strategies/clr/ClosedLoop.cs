@@ -122,8 +122,10 @@ namespace InteropBench
         /// <summary>Open loop: requests arrive at offsetsNs from the start whatever the callers are doing.
         /// Each caller takes the next request in schedule order, waits for its time (sleeping, then yielding
         /// for the last 1.5 ms), calls, and records when it sent and finished. With budgetNs > 0 the load
-        /// stops once more than maxOver requests after the warm-up took over budgetNs from their arrival.</summary>
-        public static OpenResult RunOpen(ICaller[] callers, long[] offsetsNs, int warmupN, long budgetNs, int maxOver)
+        /// stops once more than maxOver requests after the warm-up took over budgetNs from their arrival;
+        /// with deadlineNs > 0 no request is sent after it.</summary>
+        public static OpenResult RunOpen(ICaller[] callers, long[] offsetsNs, int warmupN, long budgetNs, int maxOver,
+                                         long deadlineNs)
         {
             int n = callers.Length, total = offsetsNs.Length;
             var send = new long[total];
@@ -150,6 +152,11 @@ namespace InteropBench
                         {
                             int i = Interlocked.Increment(ref next);
                             if (i >= total) break;
+                            if (deadlineNs > 0 && (long)((Stopwatch.GetTimestamp() - start) * nsPerTick) > deadlineNs)
+                            {
+                                Volatile.Write(ref stop, 1);  // overloaded past the grace: the rest are never served
+                                break;
+                            }
                             long due = offsetsNs[i];
                             while (true)
                             {

@@ -54,7 +54,7 @@ def closed_loop_in_clr(ib: Any, net_callers: list[Any], duration_s: float, warmu
     arr = Array[ib.ICaller](net_callers)
     if arrivals is not None:
         res = ib.ClosedLoop.RunOpen(arr, Array[Int64](arrivals.offsets_ns().tolist()), int(arrivals.warmup_n),
-                                    int(arrivals.budget_ns), int(arrivals.max_over))
+                                    int(arrivals.budget_ns), int(arrivals.max_over), int(arrivals.deadline_ns))
         send, done = (np.empty(len(res.SendNs), dtype=np.int64) for _ in range(2))
         if len(send):
             ib.ClosedLoop.CopyLongs(res.SendNs, send.ctypes.data)

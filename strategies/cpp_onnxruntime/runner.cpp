@@ -268,10 +268,11 @@ class Runner {
   // Open loop: request i arrives offsets[i] ns after the start whatever the callers are doing; each
   // caller takes the next request in schedule order, sleeps until its time, calls, and records when it
   // sent it and when it was done (ns from the start; -1: never). With budget_ns > 0 the load stops once
-  // more than max_over requests after the warm-up took over budget_ns from their arrival.
+  // more than max_over requests after the warm-up took over budget_ns from their arrival; with
+  // deadline_ns > 0 no request is sent after it.
   py::tuple open_loop(const std::vector<py::array>& arrays, int callers,
                       py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets, int64_t warmup_n,
-                      int64_t budget_ns, int64_t max_over) {
+                      int64_t budget_ns, int64_t max_over, int64_t deadline_ns) {
     if (callers < 1) throw std::invalid_argument("callers must be >= 1");
     auto inputs = borrow(arrays);
     auto O = offsets.unchecked<1>();
@@ -298,6 +299,11 @@ class Runner {
               while (!stop.load(std::memory_order_relaxed)) {
                 const size_t i = next.fetch_add(1);
                 if (i >= total) break;
+                if (deadline_ns > 0 && ns(Clock::now() - start) > deadline_ns) {
+                  early = true;  // overloaded past the grace: the rest are never served
+                  stop = true;
+                  break;
+                }
                 const auto due = start + std::chrono::nanoseconds(off[i]);
                 std::this_thread::sleep_until(due);
                 const auto s = Clock::now();

@@ -73,7 +73,8 @@ class CppOrtSession(Session):
                  arrivals: Arrivals | None = None) -> LoadTimings:
         if arrivals is not None:
             send, done, error, early = self.runner.open_loop(self._args(inputs), callers, arrivals.offsets_ns(),
-                                                             arrivals.warmup_n, arrivals.budget_ns, arrivals.max_over)
+                                                             arrivals.warmup_n, arrivals.budget_ns, arrivals.max_over,
+                                                             arrivals.deadline_ns)
             return LoadTimings(np.empty(0, np.int64), 0.0, error, send, done, "C++ threads", early)
         lat, wall, error = self.runner.closed_loop(self._args(inputs), callers, duration_s, warmup_s)
         return LoadTimings(lat, wall, error)

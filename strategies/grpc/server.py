@@ -141,9 +141,14 @@ class InferenceServicer:
         client that stalls mid-message holds no worker; admitted requests then run on the worker pool."""
         import asyncio
 
+        n = len(data)
         try:
-            with self.admitted(len(data)):
-                response, timing = await asyncio.get_running_loop().run_in_executor(self.pool, self.infer, data)
+            self._admit(n)
+            work = self.pool.submit(self.infer, data)
+            # the slot is free when the model call ends, not when the caller gives up on it (a cancelled
+            # or timed-out call leaves its work running on the pool)
+            work.add_done_callback(lambda _: self._release(n))
+            response, timing = await asyncio.wrap_future(work)
         except Refused as e:
             await context.abort(e.code, e.details)
         context.set_trailing_metadata(((TIMING_KEY, timing),))
@@ -151,9 +156,17 @@ class InferenceServicer:
 
     @contextlib.contextmanager
     def admitted(self, nbytes: int):
-        """Admission: at most ``max_calls`` requests and ``max_inflight_bytes`` of request bytes being
-        served at once (a lone request is always admitted); beyond that RESOURCE_EXHAUSTED, so a few
-        greedy callers cannot exhaust the server's memory and the rest are still served."""
+        """Admission (see ``_admit``) for as long as the block runs."""
+        self._admit(nbytes)
+        try:
+            yield
+        finally:
+            self._release(nbytes)
+
+    def _admit(self, nbytes: int) -> None:
+        """At most ``max_calls`` requests and ``max_inflight_bytes`` of request bytes being served at
+        once (a lone request is always admitted); beyond that RESOURCE_EXHAUSTED, so a few greedy
+        callers cannot exhaust the server's memory and the rest are still served."""
         with self._admit_lock:
             busy = self._calls > 0
             if busy and (self._calls >= self.max_calls or self._inflight + nbytes > self.max_inflight_bytes):
@@ -162,12 +175,11 @@ class InferenceServicer:
                               f"(caps {self.max_calls} calls, {self.max_inflight_bytes / 2**20:.0f} MiB); retry later")
             self._calls += 1
             self._inflight += nbytes
-        try:
-            yield
-        finally:
-            with self._admit_lock:
-                self._calls -= 1
-                self._inflight -= nbytes
+
+    def _release(self, nbytes: int) -> None:
+        with self._admit_lock:
+            self._calls -= 1
+            self._inflight -= nbytes
 
     def _raw_response_header(self, outputs, request_id: str) -> bytes:
         return self.codec.response_message(self.pb2, outputs, self.codec.RAW, self.spec.name, request_id).SerializeToString()
