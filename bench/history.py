@@ -11,6 +11,7 @@ A run stored here reads back as a ``HistoryRun``, which offers what a results fo
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -53,7 +54,8 @@ def shard_key(run_id: str, i: int, n: int) -> str:
     return f"{run_id}@shard-{i}-of-{n}"
 
 
-LOCK_WAIT_S = 30.0  # how long a write waits for another process's lock on an SQLite store
+# how long a write waits for another process's lock on an SQLite store ($BENCH_HISTORY_LOCK_WAIT_S)
+LOCK_WAIT_S = float(os.environ.get("BENCH_HISTORY_LOCK_WAIT_S", "30"))
 
 
 def default_url(results_root: Path) -> str:

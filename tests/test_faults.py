@@ -133,3 +133,32 @@ def test_a_cell_broken_in_the_base_and_fixed_now_is_not_missing_from_the_base(me
     p = run_bench("compare", str(base), str(measured / "base"), cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "fixed (1)" in p.stdout and "MISSING FROM THE BASELINE" not in p.stdout
+
+
+def test_a_locked_store_is_a_warning_after_the_results(tmp_path: Path):
+    """Another process holds the SQLite store's write lock for longer than the run waits for it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import bench_env
+
+    store = tmp_path / "locked.sqlite"
+    with sqlite3.connect(store) as conn:
+        conn.execute("CREATE TABLE runs (run_id TEXT)")
+        conn.execute("CREATE TABLE cells (run_id TEXT)")
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(120)", str(store)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        env = {**bench_env(), "BENCH_HISTORY_LOCK_WAIT_S": "1"}
+        p = subprocess.run([sys.executable, "-m", "bench", *RUN, "--out", str(tmp_path), "--run-id", "r", "--history", str(store)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert p.returncode == 0, p.stderr[-2000:]
+    warning = [ln for ln in p.stderr.splitlines() if ln.startswith("warning: the run was not recorded")]
+    assert len(warning) == 1 and "locked" in warning[0], p.stderr[-2000:]
+    assert (tmp_path / "r" / "report.html").is_file() and os.path.getsize(tmp_path / "r" / "summary.csv") > 0
