@@ -23,6 +23,7 @@ th{background:#f0f2f5;font-weight:600;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.bad td{background:#fde8e8}
 .scroll{max-height:440px;overflow:auto;border:1px solid #eceef1;border-radius:4px;display:inline-block;max-width:100%}
+.wide{overflow-x:auto;max-width:100%}
 figure{margin:12px 0 18px}figure img{max-width:100%;border:1px solid #eceef1;border-radius:4px}
 figcaption{color:#5b6472;font-size:12.5px}
 details{margin:6px 0}pre{background:#f4f5f7;padding:8px;overflow:auto;font-size:12px}
@@ -48,7 +49,8 @@ def _table(t: Table) -> str:
         body.append(f"<tr{' class=bad' if i in t.bad_rows else ''}>{cells}</tr>")
     wrap = len(t.rows) > 14
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    return f"<div class=scroll>{table}</div>" if wrap else table
+    # a wide table scrolls inside its own box rather than pushing the whole page sideways
+    return f"<div class=scroll>{table}</div>" if wrap else f"<div class=wide>{table}</div>"
 
 
 def _section(s: Section) -> str:
