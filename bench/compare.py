@@ -201,25 +201,26 @@ def _keyed(cells: list[dict[str, Any]], policies: list[str], qualify: bool) -> l
 
 def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA,
                  concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD, partial_baseline: bool = False) -> Comparison:
-    bm, nm = (allocator.of_run(r.meta().get("config") or {}) for r in (base, new))
+    base_meta, new_meta = base.meta(), new.meta()
+    bm, nm = (allocator.of_run(m.get("config") or {}) for m in (base_meta, new_meta))
     from bench import scenarios
 
-    for r in (base, new):  # the runs' plug-ins, for their scenarios' metrics (gone ones: latency only)
+    for m in (base_meta, new_meta):  # the runs' plug-ins, for their scenarios' metrics (gone ones: latency only)
         with contextlib.suppress(Exception):
-            scenarios.discover((r.meta().get("config") or {}).get("plugins") or [])
+            scenarios.discover((m.get("config") or {}).get("plugins") or [])
     qualify = len(bm) > 1 or len(nm) > 1  # a run that compared allocators names the policy in its ids
-    changes, only_base, only_new = compare_cells(_keyed(base.load_cells(), bm, qualify), _keyed(new.load_cells(), nm, qualify),
-                                                 threshold, alpha, concurrent_threshold)
-    new_status = {r["cell"]["id"]: r["status"] for r in _keyed(new.load_cells(samples=False), nm, qualify)}
+    base_cells, new_cells = _keyed(base.load_cells(), bm, qualify), _keyed(new.load_cells(), nm, qualify)  # read once each
+    changes, only_base, only_new = compare_cells(base_cells, new_cells, threshold, alpha, concurrent_threshold)
+    new_status = {r["cell"]["id"]: r["status"] for r in new_cells}
     broken = [c for c in only_base if new_status.get(c) in ("error", "invalid")]
     only_base = [c for c in only_base if c not in broken]
-    base_status = {r["cell"]["id"]: r["status"] for r in _keyed(base.load_cells(samples=False), bm, qualify)}
+    base_status = {r["cell"]["id"]: r["status"] for r in base_cells}
     fixed = [c for c in only_new if base_status.get(c) in ("error", "invalid", "skipped")]  # the base measured them
     only_new = [c for c in only_new if c not in fixed]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken,
                      partial_baseline=partial_baseline, fixed=fixed)
     cmp.base_cells = len({c.cell_id for c in changes}) + len(only_base) + len(broken)
-    cmp.warnings = environment_warnings(base.meta().get("environment", {}), new.meta().get("environment", {}))
+    cmp.warnings = environment_warnings(base_meta.get("environment", {}), new_meta.get("environment", {}))
     for r in (base, new):
         if getattr(r, "unreadable", None):
             cmp.warnings.append(f"{len(r.unreadable)} cell file(s) of {r.id} could not be read and were not compared: "
