@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--model-outputs", help="comma-separated output names")
     g.add_argument("--atol", type=float, default=1e-4)
     g.add_argument("--rtol", type=float, default=1e-3)
-    _decision_flags(r)
+    _decision_flags(r, measuring=True)
     s = r.add_argument_group("sampling budget (seconds)")
     for flag, key in (("--warmup", "warmup_s"), ("--min-time", "min_time_s"), ("--max-time", "max_time_s"),
                       ("--target-ci", "target_rel_ci"), ("--concurrency-time", "concurrency_s")):
@@ -153,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _decision_flags(p: argparse.ArgumentParser) -> None:
+def _decision_flags(p: argparse.ArgumentParser, measuring: bool = False) -> None:
     d = p.add_argument_group("decision (the reviewer's constraints; [decision] in the config)")
     d.add_argument("--caller", help="the application's language: python, csharp, cpp or any (default: a block for each)")
     d.add_argument("--python-at-deployment", metavar="yes|no", help="no: routes that need Python where the application runs are out")
@@ -162,12 +162,16 @@ def _decision_flags(p: argparse.ArgumentParser) -> None:
     d.add_argument("--tie-within", metavar="FRACTION", help="leads under this are ties (default 5%%)")
     d.add_argument("--required-rate", metavar="RPS", help="requests/s a route must hold within the slo scenario's p99 "
                                                           "budget (routes below it, or not measured by slo, are out)")
+    if measuring:
+        d.add_argument("--rematch-rounds", metavar="N", help="close leads are measured again side by side in this many "
+                                                               "alternating rounds after the matrix (default 10; 0: off)")
 
 
 def _decision_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in (("caller", args.caller), ("python_at_deployment", args.python_at_deployment),
                               ("memory_budget_mb", args.memory_budget), ("p99_budget_ms", args.p99_budget),
-                              ("tie_within", args.tie_within), ("required_rate_rps", args.required_rate)) if v is not None}
+                              ("tie_within", args.tie_within), ("required_rate_rps", args.required_rate),
+                              ("rematch_rounds", getattr(args, "rematch_rounds", None))) if v is not None}
 
 
 def _fraction(text: str) -> float:
@@ -358,6 +362,7 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
     t_run = time.perf_counter()
     try:
         outcome = runner.execute()
+        _rematch(runner, run, cfg, args, outcome.ran)
         run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
         run.write_summary()
         _publish(run, args)
@@ -412,6 +417,24 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
 
 
 CONFIRM_ATTEMPTS = 3
+
+
+def _rematch(runner: Any, run: RunDir, cfg: Any, args: argparse.Namespace, ran: int) -> None:
+    """Close leads measured again side by side in warm workers (bench.rematch), before the report.
+    A shard's cells are only part of the matrix, so shards leave it to the whole run."""
+    from bench import rematch
+
+    rounds = int(cfg.decision.get("rematch_rounds", rematch.DEFAULT_ROUNDS))
+    if not rounds or args.shard or (not ran and (run.path / rematch.FILE).exists()):
+        return
+    from bench.constraints import DEFAULT_TIE_WITHIN
+
+    groups = rematch.contests(run.load_cells(samples=False), run.meta().get("strategies") or {},
+                              float(cfg.decision.get("tie_within", DEFAULT_TIE_WITHIN)))
+    if groups:
+        print(f"{len(groups)} close lead(s) to measure again side by side in warm workers "
+              f"({rounds} alternating rounds each; [decision] rematch_rounds = 0 turns this off)", file=sys.stderr)
+    rematch.write(run.path, rematch.run(runner, groups, rounds), rounds, rematch.TURN_S)
 
 
 def _gate(baseline: Any, run: RunDir, cfg: Any, args: argparse.Namespace) -> int:

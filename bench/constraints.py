@@ -11,7 +11,15 @@ from bench.errors import UserError
 
 LANGUAGES = ("python", "csharp", "cpp")
 DEFAULT_TIE_WITHIN = 0.05
-KEYS = ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within", "required_rate_rps")
+KEYS = ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within", "required_rate_rps",
+        "rematch_rounds")
+
+
+def can_call(facts: dict[str, Any], caller: str) -> bool:
+    """Whether an application in ``caller``'s language can use a route with these facts (a network
+    service, "any", serves every language)."""
+    langs = facts.get("languages") or ["python"]
+    return caller in langs or "any" in langs
 
 
 def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +48,15 @@ def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("required_rate_rps") is not None:  # requests/s the route must hold within the slo scenario's p99 budget
         out["required_rate_rps"] = _number(d["required_rate_rps"], "required_rate_rps", {"": 1.0, "/s": 1.0, "rps": 1.0},
                                            "300 or '300rps'")
+    if d.get("rematch_rounds") is not None:  # bench.rematch: 0 turns it off
+        v = d["rematch_rounds"]
+        try:
+            n = int(v) if not isinstance(v, (bool, float)) else -1
+        except ValueError:
+            n = -1
+        if not 0 <= n <= 1000 or (n != 0 and n < 3):
+            raise UserError(f"rematch_rounds must be 0 (off) or a whole number from 3 to 1000, not {v!r}")
+        out["rematch_rounds"] = n
     if d.get("tie_within") is not None:
         v = d["tie_within"]
         if isinstance(v, str):

@@ -236,14 +236,18 @@ class Runner:
         self.progress.note(f"  prepared in {res['seconds']:.1f}s (log: {self.run_dir.logs_dir / f'prepare-{strategy.name}-{model.spec.name}.log'})")
         return {"cache_hit": False, "seconds": res["seconds"], "artifacts": str(final)}
 
-    def run_cell(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:
-        job = {
+    def cell_job(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:
+        """What a worker needs to open ``cell``'s session and measure it."""
+        return {
             "kind": "cell", "cell": cell.to_json(), "model": model.spec.to_json(), "seed": self.cfg.seed,
             "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
             "reference": str(reference_path(model.ref_dir, cell.batch)), "sampling": self.cfg.sampling.to_json(),
             "settings": strategies.settings_for(cell.strategy, self.cfg.strategy_settings), "plugins": self.cfg.plugins,
             "scenario_options": self.cfg.scenario_options.get(cell.scenario, {}), "load_generator": self.generator,
         }
+
+    def run_cell(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:
+        job = self.cell_job(cell, model, prep)
         t0 = time.perf_counter()
         res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(cell), cell.threads,
                         self.cfg.cpus, cell.malloc or self.cfg.malloc[0])

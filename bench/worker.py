@@ -7,6 +7,7 @@ Three jobs, each reading its JSON job file and writing one JSON result atomicall
 - ``prepare``: build one strategy's artifacts for one model into the cache.
 - ``cell``: open a strategy, then cold start, warm-up, the cell's scenario (bench.scenarios), memory
   and CPU of every process, correctness against the references.
+- ``warm``: open a cell's session and keep it warm, measuring turns on request (bench.rematch).
 - ``generator``: the open-loop load generator's own ceiling, against a session that does nothing.
 
 Anything a job raises becomes its result's error; a crash leaves no result, which the runner
@@ -19,6 +20,7 @@ import time
 
 STARTED = time.time()  # the interpreter is up: the cold start's "interpreter" phase ends here
 
+import contextlib
 import json
 import os
 import shutil
@@ -114,6 +116,16 @@ def _summ(ns: np.ndarray) -> dict[str, Any]:
     return summarize(ns / 1e9).to_json()
 
 
+def _open(job: dict[str, Any], strategy: Any, spec: Any) -> tuple[Any, Any]:
+    """The cell's strategy session, as the cell's job describes it: (model handle, session)."""
+    from strategies.base import ModelHandle, SessionOptions
+
+    c = job["cell"]
+    handle = ModelHandle(spec, job["seed"], job["content_hash"])
+    options = SessionOptions(c["threads"], c["concurrency"], job.get("settings", {}))
+    return handle, strategy.open(handle, Path(job["artifacts"]) if job.get("artifacts") else None, options)
+
+
 def cell(job: dict[str, Any]) -> dict[str, Any]:
     import strategies
     from bench import scenarios
@@ -125,7 +137,6 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     from bench.results import Cell
     from bench.scenarios import Context
     from fixtures.specs import ModelSpec, make_inputs
-    from strategies.base import ModelHandle, SessionOptions
 
     c = job["cell"]
     spec = ModelSpec.from_json(job["model"])
@@ -147,9 +158,7 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     strategy.load_runtime()
     phases["runtime import"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    handle = ModelHandle(spec, job["seed"], job["content_hash"])
-    options = SessionOptions(c["threads"], c["concurrency"], job.get("settings", {}))
-    session = strategy.open(handle, Path(job["artifacts"]) if job.get("artifacts") else None, options)
+    handle, session = _open(job, strategy, spec)
     try:
         result["open_s"] = time.perf_counter() - t0
         phases["model build"] = handle.build_s
@@ -210,13 +219,56 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def warm(job: dict[str, Any]) -> dict[str, Any]:
+    """A session kept open and warm for the rematch (bench.rematch): says it is ready, then for each
+    request ``{"seconds": s}`` makes calls for about s seconds and answers with their median, until
+    ``{"stop": true}`` or the end of its input. Requests and answers are JSON lines on the job's pipes."""
+    import strategies
+    from bench.measure import SamplingConfig, warm_up
+    from fixtures.specs import ModelSpec, make_inputs
+
+    c = job["cell"]
+    spec = ModelSpec.from_json(job["model"])
+    cfg = SamplingConfig.from_json(job["sampling"])
+    strategies.discover(job.get("plugins", []))
+    strategy = strategies.get(c["strategy"])
+    inputs = make_inputs(spec, c["batch"], job["seed"])
+    requests, answers = (os.fdopen(fd, mode, buffering=1) for fd, mode in zip(job["fds"], ("r", "w")))
+    turns, session = 0, None
+    try:
+        strategy.load_runtime()
+        _, session = _open(job, strategy, spec)
+        _, per_call = warm_up(session, inputs, cfg)
+        answers.write(json.dumps({"ready": True, "per_call_s": per_call}) + "\n")
+        for line in requests:
+            msg = json.loads(line)
+            if not isinstance(msg, dict) or msg.get("stop"):
+                break
+            seconds = min(float(msg["seconds"]), 60.0)
+            chunk = max(1, int(seconds / 5 / max(per_call, 1e-7)))
+            lats, end = [], time.perf_counter() + seconds
+            while time.perf_counter() < end or sum(map(len, lats)) < 5:
+                lats.append(session.time_calls(inputs, chunk).latency_ns)
+            turns += 1
+            answers.write(json.dumps({"median_ns": float(np.median(np.concatenate(lats))),
+                                      "n": int(sum(map(len, lats)))}) + "\n")
+    except Exception as e:  # the rematch names it and goes on without this route
+        with contextlib.suppress(OSError, ValueError):
+            answers.write(json.dumps({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}) + "\n")
+        raise
+    finally:
+        if session is not None:
+            session.close()
+    return {"turns": turns}
+
+
 def generator(job: dict[str, Any]) -> dict[str, Any]:
     from bench.arrivals import ceiling
 
     return ceiling(job.get("callers", 4))
 
 
-JOBS = {"probe": probe, "prepare": prepare, "cell": cell, "generator": generator}
+JOBS = {"probe": probe, "prepare": prepare, "cell": cell, "generator": generator, "warm": warm}
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import allocator
+from bench import allocator, rematch
 from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import plots
@@ -190,7 +190,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     # -- decision by caller language ------------------------------------------------------------
     constraints = Constraints.from_json(decision if decision is not None else cfg.get("decision"))
     facts = _strategy_facts(meta, set(df_all.strategy))
-    blocks = decide(df_all, facts, constraints, capacity=_capacity(results_every))
+    blocks = decide(df_all, facts, constraints, capacity=_capacity(results_every), rematch=rematch.load(run.path))
     sections.append(_decision_section(blocks, constraints, facts, bool(policies)))
 
     # -- the claims users arrive with, answered from this run ----------------------------------
@@ -519,7 +519,10 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
     sec = Section("caller", "Decision by caller language")
     sec.text.append("Per caller language, model and batch size, one caller: the strategies that language can call, "
                     "ranked by median latency (p99 beside it; throughput and memory in decision.json and below); every other strategy with its "
-                    f"reason. Constraints: {constraints.describe()}. `=` marks a tie with the first.")
+                    f"reason. Constraints: {constraints.describe()}. `=` marks a tie with the first. Where leads were "
+                    "close, the contenders were measured again after the matrix, opened together in warm workers and "
+                    "timed in alternating rounds (A B, B A, ...), so drift on the machine hits both alike; "
+                    "*side by side* gives that paired ratio, which orders them.")
     for b in blocks:
         who = LANGUAGE_NAMES[b.caller]
         cannot = sorted(n for n, f in facts.items() if f is not None and _cannot(f, b.caller))
@@ -527,6 +530,8 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
         for c in b.cells:
             ranked = "; ".join(("= " if r.tie_with_first else "") + f"{r.strategy} {fmt_ms(r.p50_ms)}"
                                + (f" (p99 {fmt_ms(r.p99_ms)})" if r.p99_ms is not None else "")
+                               + (f" [side by side {r.paired_ratio:.3f}x the first, 95% {r.paired_low:.3f}-{r.paired_high:.3f}]"
+                                  if r.paired_ratio else "")
                                + (f" [{r.max_rps:,.0f}/s within the p99 budget]" if r.max_rps else "")
                                + (f" [{r.note}]" if r.note else "") for r in c.eligible) or "-"
             other = [f"{s}: {why}" for s, why in c.excluded

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES
+from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES, can_call
+from bench.rematch import close_to, paired
 
 NOT_MEASURED = "not measured in this run"
 LANGUAGE_NAMES = {"python": "Python", "csharp": "C#", "cpp": "C++", "any": "any language (a network service)"}
@@ -45,7 +46,9 @@ class Constraints:
             parts.append(f"p99 within {_ms(self.p99_budget_ms)}")
         if self.required_rate_rps is not None:
             parts.append(f"holds {self.required_rate_rps:,.0f} requests/s within the slo scenario's p99 budget")
-        parts.append(f"leads under {self.tie_within:.0%} or inside overlapping 95% intervals are ties")
+        parts.append(f"a lead under {self.tie_within:.0%} is a tie, and so is one inside the noise: overlapping 95% "
+                     "intervals of two cells' medians, or, where close leads were measured again side by side in "
+                     "alternating rounds, a paired ratio whose 95% interval contains 1")
         return "; ".join(parts)
 
 
@@ -67,6 +70,17 @@ class Ranked:
     tie_with_first: bool = False
     note: str = ""
     max_rps: float | None = None  # the highest rate within the slo scenario's p99 budget, where measured
+    # measured again side by side with the first (bench.rematch): this route's time over the first's, 95% interval
+    paired_ratio: float | None = None
+    paired_low: float | None = None
+    paired_high: float | None = None
+    paired_rounds: int | None = None
+
+    def paired_text(self) -> str:
+        if self.paired_ratio is None:
+            return ""
+        return (f"{self.paired_ratio:.3f}x the first's time side by side (95% {self.paired_low:.3f}-{self.paired_high:.3f}, "
+                f"{self.paired_rounds} alternating rounds)")
 
 
 @dataclass
@@ -88,12 +102,14 @@ class CellDecision:
         first = self.eligible[0]
         lead = self.leaders
         if len(lead) > 1:
+            side = [f"{r.strategy} {r.paired_text()}" for r in self.eligible[1:] if r.strategy in lead and r.paired_ratio]
             return (f"a tie between **{'**, **'.join(lead)}** ({', '.join(_ms(r.p50_ms) for r in self.eligible if r.strategy in lead)} p50): "
-                    "within the noise of each other")
+                    "within the noise of each other" + (f"; measured again side by side, {'; '.join(side)}" if side else ""))
         text = f"**{first.strategy}** at {_ms(first.p50_ms)} p50"
         if len(self.eligible) > 1:
             second = self.eligible[1]
-            text += f", ahead of {second.strategy} ({second.p50_ms / first.p50_ms:.2f}x its time)"
+            text += f", ahead of {second.strategy} (" + (second.paired_text() if second.paired_ratio
+                                                          else f"{second.p50_ms / first.p50_ms:.2f}x its time") + ")"
         return text
 
 
@@ -104,9 +120,9 @@ class Block:
 
 
 def _reason_for_language(facts: dict[str, Any], caller: str) -> str:
-    langs = facts.get("languages") or ["python"]
-    if caller in langs or "any" in langs:
+    if can_call(facts, caller):
         return ""
+    langs = facts.get("languages") or ["python"]
     return f"a {' or '.join(LANGUAGE_NAMES.get(x, x) for x in langs)} route; a {LANGUAGE_NAMES[caller]} application cannot call it"
 
 
@@ -121,11 +137,13 @@ class Capacity:
 
 def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Constraints,
            payload_models: tuple[str, ...] = ("identity",),
-           capacity: dict[tuple[str, int, int, str, str], Capacity] | None = None) -> list[Block]:
+           capacity: dict[tuple[str, int, int, str, str], Capacity] | None = None,
+           rematch: dict[tuple[str, int, int, str], Any] | None = None) -> list[Block]:
     """One block per caller language (or the one asked for): per model, batch, threads and allocator
     at the fewest callers, eligible strategies ranked by p50, ties marked, the rest with reasons.
     ``capacity`` ((model, batch, threads, allocator, strategy) -> the slo scenario's answer) adds each route's highest
-    rate, and with ``required_rate_rps`` rules out the routes that do not hold it."""
+    rate, and with ``required_rate_rps`` rules out the routes that do not hold it. ``rematch`` (bench.rematch.load)
+    holds the close contenders measured again side by side."""
     capacity = capacity or {}
     callers = [constraints.caller] if constraints.caller else list(LANGUAGES)
     main = df[~df.model.isin(payload_models)]
@@ -176,13 +194,8 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
                 candidates.append(Ranked(r.strategy, float(r.p50_ms), _f(r.p99_ms), _f(r.ci_low_ms), _f(r.ci_high_ms),
                                          _f(r.throughput_sps), _f(r.mem_added_mb), note=note,
                                          max_rps=cap.max_rps if cap else None))
-            if candidates:
-                first = candidates[0]
-                for c in candidates[1:]:
-                    within = c.p50_ms <= first.p50_ms * (1 + constraints.tie_within)
-                    overlap = (c.ci_low_ms is not None and first.ci_high_ms is not None and c.ci_low_ms <= first.ci_high_ms)
-                    c.tie_with_first = bool(within or overlap)
-            cd.eligible = candidates
+            cd.eligible = _rank(candidates, (rematch or {}).get((str(model), int(batch), int(threads), str(malloc))),
+                                constraints.tie_within)
             measured = set(g.strategy)
             for name, f in sorted(facts.items()):
                 if name not in measured and not any(s.partition("@")[0] == name for s in measured) \
@@ -191,6 +204,33 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
             cells.append(cd)
         blocks.append(Block(caller, cells))
     return blocks
+
+
+def _rank(candidates: list[Ranked], group: Any, tie_within: float) -> list[Ranked]:
+    """Candidates in p50 order, ties with the first marked. Where the close contenders were measured again
+    side by side (``group``, a bench.rematch.Group, covering the fastest), they are ordered by that paired
+    ratio, and one is tied with the first when the ratio's 95% interval contains 1 or its lead is under
+    ``tie_within`` (two processes of the same route differ by a few percent, steadily); elsewhere a lead
+    under ``tie_within`` or overlapping intervals of the cells' medians is a tie."""
+    if not candidates:
+        return candidates
+    usable = set(group.strategies) - set(group.errors) if group is not None and group.medians else set()
+    contested = [c for c in candidates if c.strategy in usable]
+    if len(contested) >= 2 and candidates[0] in contested:
+        ref = contested[0].strategy
+        score = {c.strategy: paired(group.medians, ref, c.strategy) for c in contested[1:]}
+        if all(score.values()):
+            contested.sort(key=lambda c: 1.0 if c.strategy == ref else score[c.strategy].ratio)
+            candidates = contested + [c for c in candidates if c not in contested]
+    first = candidates[0]
+    for c in candidates[1:]:
+        p = paired(group.medians, first.strategy, c.strategy) if c in contested and first in contested else None
+        if p is not None:
+            c.paired_ratio, c.paired_low, c.paired_high, c.paired_rounds = p.ratio, p.low, p.high, p.rounds
+            c.tie_with_first = p.indistinct or p.ratio <= 1 + tie_within
+        else:
+            c.tie_with_first = close_to(first.p50_ms, first.ci_high_ms, c.p50_ms, c.ci_low_ms, tie_within)
+    return candidates
 
 
 def _f(v: Any) -> float | None:

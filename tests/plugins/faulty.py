@@ -15,15 +15,17 @@ from strategies.torch.strategy import TorchSession
 
 
 class _KillsItself(Session):
-    """Runs the real model, then SIGKILLs its own process on the 3rd call (a segfaulting runtime)."""
+    """Runs the real model, then SIGKILLs its own process on the 3rd call (or [strategy.crash-test]
+    after_calls), as a segfaulting runtime would."""
 
-    def __init__(self, model: ModelHandle, threads: int) -> None:
+    def __init__(self, model: ModelHandle, threads: int, after: int = 3) -> None:
         self.inner = TorchSession(model, threads)
         self.calls = 0
+        self.after = after
 
     def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
         self.calls += 1
-        if self.calls == 3:
+        if self.calls == self.after:
             os.kill(os.getpid(), signal.SIGKILL)
         return self.inner.run(inputs)
 
@@ -38,10 +40,11 @@ class _Wrong(TorchSession):
 @register
 class CrashTest(Strategy):
     name = "crash-test"
-    summary = "test only: kills its own worker process on the third call"
+    summary = "test only: kills its own worker process on the third call ([strategy.crash-test] after_calls)"
+    settings_keys = ("after_calls",)
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
-        return _KillsItself(model, options.threads)
+        return _KillsItself(model, options.threads, int(options.settings.get("after_calls", 3)))
 
 
 @register
