@@ -16,6 +16,7 @@ of pipes (the workers' stdout is their log)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -241,10 +242,8 @@ class WarmWorker:
         finally:
             kill_group(self.proc)
             for fd in (self.w, self.r):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             self.job_file.unlink(missing_ok=True)
             Path(str(self.job_file).replace(".job.json", ".result.json")).unlink(missing_ok=True)
 
@@ -252,9 +251,8 @@ class WarmWorker:
 def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S) -> list[Group]:
     """Measure each group's contenders in alternating rounds in warm workers (``runner`` provides the
     models, artifacts and cell jobs); a worker that fails to open or dies loses only its own figures."""
-    from bench.progress import fmt_duration
-
     import strategies
+    from bench.progress import fmt_duration
 
     strategies.discover(runner.cfg.plugins)
     models = runner.probe(list(dict.fromkeys(g.model for g in groups)))
