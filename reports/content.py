@@ -15,7 +15,7 @@ import pandas as pd
 from bench import allocator, rematch
 from bench.results import RunDir
 from bench.stats import min_samples_for
-from reports import plots
+from reports import crossovers, plots, scorecard
 from reports.claims import answer as answer_claims
 from reports.decision import LANGUAGE_NAMES, NOT_MEASURED, Block, Capacity, Constraints, decide
 from reports.decision import to_json as decision_json
@@ -38,6 +38,8 @@ class Table:
     rows: list[list[str]]
     bad_rows: set[int] = field(default_factory=set)  # highlighted (invalid, error)
     align_numbers: bool = True  # right-align numeric cells (not in key/value tables)
+    title: str = ""  # a caption above the table, where a section holds several
+    scroll: bool = True  # a long table scrolls in its own box (False: shown whole, e.g. the scorecard)
 
 
 @dataclass
@@ -191,7 +193,40 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     constraints = Constraints.from_json(decision if decision is not None else cfg.get("decision"))
     facts = _strategy_facts(meta, set(df_all.strategy))
     blocks = decide(df_all, facts, constraints, capacity=_capacity(results_every), rematch=rematch.load(run.path))
-    sections.append(_decision_section(blocks, constraints, facts, bool(policies)))
+    decision_sec, every_route = _decision_section(blocks, constraints, facts, bool(policies))
+    sections.append(decision_sec)
+    fits = payload_fits(df)
+    measured_max = {s: float(g.payload_bytes.max()) for s, g in df[df.model == "identity"].groupby("strategy")} \
+        if "payload_bytes" in df else {}
+    crossing = ([crossovers.payload_crossover(f, s, measured_max_bytes=measured_max.get(s)) for s, f in sorted(fits.items())],
+                crossovers.ranking_switches(df, facts, constraints.tie_within))
+    crossing_sec = _crossover_section(*crossing)
+
+    # -- one screen per model ----------------------------------------------------------------------
+    sec = Section("scorecard", "Scorecard")
+    capacity = _capacity(results_every)
+    for card in scorecard.cards(df, results, facts, capacity):
+        sec.tables.append(Table(
+            ["strategy", "p50", "p99", "best samples/s", "rate within p99 budget", "CPU/inference", "memory added",
+             "ready (warm cache)", "Python at deployment", "artifact", "correct (max abs error)"],
+            [[r.strategy, fmt_ms(r.p50_ms), _tail(r.p99_ms) if r.p50_ms is not None else "-",
+              f"{fmt_sig(r.throughput_sps)} ({r.throughput_callers} caller{'s' if r.throughput_callers != 1 else ''})"
+              if r.throughput_sps else "-",
+              f"{r.max_rps:,.0f}/s" if r.max_rps else ("not measured" if r.p50_ms is not None else "-"),
+              fmt_ms(r.cpu_ms_per_inference), f"{r.mem_added_mb:,.0f} MiB" if r.mem_added_mb is not None else "-",
+              fmt_ms(r.ready_s * 1e3) if r.ready_s is not None else "-",
+              {True: "yes", False: "no", None: "-"}[r.python_at_deployment], r.artifact, r.correctness]
+             for r in card.rows],
+            bad_rows={i for i, r in enumerate(card.rows) if r.status != "ok"}, scroll=False,
+            title=f"{card.model}, batch {card.batch}, {card.threads} thread{'s' if card.threads != 1 else ''}"
+                  + (f", {policies[0]}" if policies else "")))
+    if sec.tables:
+        sec.text.append("Per model, at its smallest batch: what a review asks first, fastest first. *best samples/s* "
+                        "is the highest throughput over the caller counts measured; *rate within p99 budget* comes "
+                        "from the slo scenario where it ran; *ready* is cold start from a warm artifact cache "
+                        "(interpreter to first call). The sections below hold the details.")
+        sections.append(sec)
+    sections += [crossing_sec, every_route]
 
     # -- the claims users arrive with, answered from this run ----------------------------------
     sec = Section("claims", "The common claims, answered by this run")
@@ -233,7 +268,6 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
         sec.text.append("Highest throughput per model over every batch size and caller count: " + "; ".join(
             f"{r.model}: **{r.strategy}** {fmt_sig(r.throughput_sps)} samples/s (batch {r.batch}, {r.concurrency} callers)"
             for r in best.itertuples()) + ".")
-    fits = payload_fits(df)
     if fits:
         sec.text.append("Marshaling (identity model): " + "; ".join(
             f"{s} costs {fmt_ms(f.fixed_s * 1e3)} per call + "
@@ -397,7 +431,10 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
         sec = Section("breakdown", "Where the time goes")
         sec.text.append("Median of each phase of a call, as the strategy measured it (marshal in, transport, "
                         "compute, marshal out). Phase medians need not add up exactly to the call's median.")
-        sec.figures.append(Figure("breakdown", plots.breakdown(phase_rows, "Per-call breakdown"), ""))
+        by_model = _breakdown_per_model(results)
+        if by_model:
+            sec.figures.append(Figure("breakdown", plots.breakdown_per_model(by_model, cmap),
+                                      "Per model at its smallest batch: each phase's median, in absolute time"))
         names = list(dict.fromkeys(p for _, ph, _ in phase_rows for p in ph))
         sec.tables.append(Table(["cell", "call p50"] + names, [
             [cid, fmt_ms(total * 1e3)] + [fmt_ms(ph[p] * 1e3) if p in ph else "-" for p in names]
@@ -485,7 +522,8 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
         title="PyTorch integration strategies: benchmark report",
         subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_every)} cells "
                  f"({int(df_every.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
-        warnings=warnings, sections=sections, decision=decision_json(blocks, constraints),
+        warnings=warnings, sections=sections,
+        decision=decision_json(blocks, constraints, crossing),
     )
 
 
@@ -515,14 +553,28 @@ def _strategy_facts(meta: dict[str, Any], names: set[str]) -> dict[str, dict[str
 
 
 def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict[str, dict[str, Any]],
-                      policies: bool) -> Section:
+                      policies: bool) -> tuple[Section, Section]:
+    """The decision (what each language should use, the ties explained) and, apart, every route ranked per language."""
     sec = Section("caller", "Decision by caller language")
-    sec.text.append("Per caller language, model and batch size, one caller: the strategies that language can call, "
-                    "ranked by median latency (p99 beside it; throughput and memory in decision.json and below); every other strategy with its "
-                    f"reason. Constraints: {constraints.describe()}. `=` marks a tie with the first. Where leads were "
+    every = Section("every-route", "Every route, by caller language")
+    every.text.append("The full ranking behind the decision: per caller language, every route it can call, with p99, "
+                      "the side-by-side ratio where close leads were measured again, and the rest with their reasons.")
+    sec.text.append("Per caller language, model and batch size, one caller: the fastest route that language can call "
+                    f"(median latency), and what runs second. Constraints: {constraints.describe()}. Where leads were "
                     "close, the contenders were measured again after the matrix, opened together in warm workers and "
-                    "timed in alternating rounds (A B, B A, ...), so drift on the machine hits both alike; "
-                    "*side by side* gives that paired ratio, which orders them.")
+                    "timed in alternating rounds (A B, B A, ...) so that drift on the machine hits them alike; that "
+                    "*side by side* ratio orders them. `=` marks a tie with the first.")
+    glance: dict[tuple[str, int, int, str], dict[str, str]] = {}
+    for b in blocks:
+        for c in b.cells:
+            glance.setdefault((c.model, c.batch, c.threads, c.malloc), {})[b.caller] = c.short()
+    if glance:
+        callers = [b.caller for b in blocks]
+        sec.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
+                                + [LANGUAGE_NAMES[x].split(" (")[0] for x in callers],
+                                [[m, str(bt), str(t)] + ([a] if policies else []) + [g.get(x, "-") for x in callers]
+                                 for (m, bt, t, a), g in glance.items()], align_numbers=False, scroll=False,
+                                title="At a glance: the fastest route each language can call (next: the runner-up's time)"))
     for b in blocks:
         who = LANGUAGE_NAMES[b.caller]
         cannot = sorted(n for n, f in facts.items() if f is not None and _cannot(f, b.caller))
@@ -538,16 +590,69 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
                      if not _cannot(facts.get(s.partition("@")[0]) or {}, b.caller) and why != NOT_MEASURED]
             rows.append([c.model, str(c.batch), str(c.threads)] + ([c.malloc] if policies else [])
                         + [ranked, "; ".join(other) or "-"])
-            sec.text.append(f"From {who}, {c.model} batch {c.batch}" + (f", {c.malloc}" if policies else "")
-                            + f": {c.sentence()}.")
+            if len(c.leaders) > 1 or any(r.paired_ratio for r in c.eligible):  # what needs words: ties, rematches
+                sec.text.append(f"From {who}, {c.model} batch {c.batch}" + (f", {c.malloc}" if policies else "")
+                                + f": {c.sentence()}.")
         if cannot:
-            sec.text.append(f"A {who} application cannot call: {', '.join(cannot)}.")
+            every.text.append(f"A {who} application cannot call: {', '.join(cannot)}.")
         unmeasured = sorted({s for c in b.cells for s, why in c.excluded if why == NOT_MEASURED})
         if unmeasured:
             sec.text.append(f"{who} routes not measured in this run: {', '.join(unmeasured)}.")
-        sec.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
-                                + [f"{who}: ranked (p50)", "not ranked here, and why"], rows))
+        every.tables.append(Table(["model", "batch", "threads"] + (["allocator"] if policies else [])
+                                  + [f"{who}: ranked (p50)", "not ranked here, and why"], rows,
+                                  title=f"{who}: every route, ranked"))
+    return sec, every
+
+
+def _breakdown_per_model(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, dict[str, float], float]]]:
+    """model -> (strategy, phase medians in s, call p50 in s) at the model's smallest batch, single caller."""
+    ok = [r for r in results if r.get("phases") and r["status"] == "ok" and r["cell"]["model"] != "identity"
+          and r["cell"]["concurrency"] == 1]
+    smallest: dict[str, int] = {}
+    for r in ok:
+        m = r["cell"]["model"]
+        smallest[m] = min(smallest.get(m, r["cell"]["batch"]), r["cell"]["batch"])
+    out: dict[str, list[tuple[str, dict[str, float], float]]] = {}
+    for r in ok:
+        c = r["cell"]
+        if c["batch"] == smallest[c["model"]]:
+            out.setdefault(c["model"], []).append((c["strategy"], {k: v["p50"] for k, v in r["phases"].items()},
+                                                   r["latency"]["p50"]))
+    return {m: sorted(rows, key=lambda x: x[2]) for m, rows in out.items()}
+
+
+def _crossover_section(payload: list[crossovers.PayloadCrossover], switches: list[crossovers.Switch]) -> Section:
+    sec = Section("crossovers", "Crossovers")
+    sec.text.append("Where the answer changes, read off this run's measurements. Payload: above what size a route's "
+                    f"fixed cost per call falls under {crossovers.FIXED_SHARE:.0%} of the call (from the fit of the "
+                    "identity model's payload sweep: latency = fixed + bytes x per-byte). Ranking: the batch size and "
+                    "the number of callers at which another route a language can call takes the lead.")
+    if payload:
+        sec.tables.append(Table(["strategy", "fixed cost", "per MiB", f"fixed cost under {crossovers.FIXED_SHARE:.0%} above"], [
+            [p.strategy, fmt_ms(p.fixed_s * 1e3), fmt_ms(p.per_byte_s * 2**20 * 1e3) if p.per_byte_s else "nothing measurable",
+             "never (no per-byte cost measured)" if p.bytes is None else
+             _size(p.bytes) + ("" if p.inside_measured or p.measured_max_bytes is None
+                               else f" (beyond the largest payload measured, {_size(p.measured_max_bytes)})")]
+            for p in payload], title="Payload size", scroll=False))
+    else:
+        sec.text.append("Payload: not measured in this run (no payload sweep).")
+    if switches:
+        sec.tables.append(Table(["caller", "model", "axis", "what changes"],
+                                [[LANGUAGE_NAMES[s.caller].split(" (")[0], s.model,
+                                  "batch size" if s.axis == "batch" else "callers (throughput)", s.text()]
+                                 for s in switches], align_numbers=False, title="Ranking"))
+    else:
+        sec.text.append("Ranking: no route a language can call takes the lead from another at any batch size or caller "
+                        "count measured in this run.")
     return sec
+
+
+def _size(n: float) -> str:
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= f:
+            v = n / f
+            return f"{v:.0f} {unit}" if v >= 100 else f"{v:.3g} {unit}"
+    return f"{n:.0f} B"
 
 
 def _capacity(results: list[dict[str, Any]]) -> dict[tuple[str, int, int, str, str], Capacity]:

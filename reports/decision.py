@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES, can_call
 from bench.rematch import close_to, paired
+from reports import crossovers
 
 NOT_MEASURED = "not measured in this run"
 LANGUAGE_NAMES = {"python": "Python", "csharp": "C#", "cpp": "C++", "any": "any language (a network service)"}
@@ -95,6 +96,21 @@ class CellDecision:
     @property
     def leaders(self) -> list[str]:
         return [r.strategy for r in self.eligible if r.tie_with_first or r is self.eligible[0]] if self.eligible else []
+
+    def short(self) -> str:
+        """One table cell: the leader (or the tie) and the runner-up's time against it."""
+        if not self.eligible:
+            return "none valid"
+        lead = self.leaders
+        if len(lead) > 1:
+            return f"tie: {', '.join(lead)} ({_ms(self.eligible[0].p50_ms)})"
+        first = self.eligible[0]
+        text = f"{first.strategy} {_ms(first.p50_ms)}"
+        if len(self.eligible) > 1:
+            second = self.eligible[1]
+            ratio = second.paired_ratio or second.p50_ms / first.p50_ms
+            text += f" (next: {second.strategy} {ratio:.2f}x)"
+        return text
 
     def sentence(self) -> str:
         if not self.eligible:
@@ -237,8 +253,10 @@ def _f(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else float(v)
 
 
-def to_json(blocks: list[Block], constraints: Constraints) -> dict[str, Any]:
-    return {
+def to_json(blocks: list[Block], constraints: Constraints, crossings: tuple[list, list] | None = None) -> dict[str, Any]:
+    """decision.json: the constraints, per caller language and cell the ranked routes with their figures, the ties and
+    the excluded routes with reasons, and the crossovers (reports.crossovers) where given."""
+    out = {
         "constraints": asdict(constraints),
         "blocks": [{"caller": b.caller, "cells": [{
             "model": c.model, "batch": c.batch, "threads": c.threads, "malloc": c.malloc,
@@ -247,11 +265,15 @@ def to_json(blocks: list[Block], constraints: Constraints) -> dict[str, Any]:
             "excluded": [{"strategy": s, "reason": why} for s, why in c.excluded],
         } for c in b.cells]} for b in blocks],
     }
+    if crossings is not None:
+        out["crossovers"] = crossovers.to_json(*crossings)
+    return out
 
 
-def from_json(d: dict[str, Any]) -> tuple[list[Block], Constraints]:
+def from_json(d: dict[str, Any]) -> tuple[list[Block], Constraints, tuple[list, list] | None]:
     blocks = [Block(b["caller"], [CellDecision(c["model"], int(c["batch"]), int(c["threads"]), c.get("malloc", ""),
                                                [Ranked(**r) for r in c["eligible"]],
                                                [(e["strategy"], e["reason"]) for e in c["excluded"]])
                                   for c in b["cells"]]) for b in d["blocks"]]
-    return blocks, Constraints.from_json(d.get("constraints"))
+    crossings = crossovers.from_json(d["crossovers"]) if "crossovers" in d else None
+    return blocks, Constraints.from_json(d.get("constraints")), crossings

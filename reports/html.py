@@ -26,6 +26,7 @@ tr.bad td{background:#fde8e8}
 .wide{overflow-x:auto;max-width:100%}
 figure{margin:12px 0 18px}figure img{max-width:100%;border:1px solid #eceef1;border-radius:4px}
 figcaption{color:#5b6472;font-size:12.5px}
+caption{text-align:left;font-weight:600;padding:8px 0 4px;font-size:13.5px}
 details{margin:6px 0}pre{background:#f4f5f7;padding:8px;overflow:auto;font-size:12px}
 p{margin:6px 0;max-width:960px}
 """
@@ -47,8 +48,9 @@ def _table(t: Table) -> str:
         cells = "".join(f"<td class=num>{html.escape(v)}</td>" if t.align_numbers and _NUMERIC.match(v or "") else f"<td>{html.escape(v)}</td>"
                         for v in row)
         body.append(f"<tr{' class=bad' if i in t.bad_rows else ''}>{cells}</tr>")
-    wrap = len(t.rows) > 14
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    wrap = len(t.rows) > 14 and t.scroll
+    cap = f"<caption>{html.escape(t.title)}</caption>" if t.title else ""
+    table = f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     # a wide table scrolls inside its own box rather than pushing the whole page sideways
     return f"<div class=scroll>{table}</div>" if wrap else f"<div class=wide>{table}</div>"
 

@@ -12,7 +12,8 @@ MAX_ROWS = 40
 
 def _table(t: Table) -> list[str]:
     esc = [[(v or "").replace("|", "\\|") for v in row] for row in t.rows]
-    lines = ["| " + " | ".join(t.columns) + " |", "|" + "|".join("---" for _ in t.columns) + "|"]
+    lines = [f"**{t.title}**", ""] if t.title else []
+    lines += ["| " + " | ".join(t.columns) + " |", "|" + "|".join("---" for _ in t.columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in esc[:MAX_ROWS]]
     if len(esc) > MAX_ROWS:
         lines.append(f"\n_{len(esc) - MAX_ROWS} more rows in report.html_")

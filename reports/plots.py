@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -214,26 +215,39 @@ def grouped_bars(df: pd.DataFrame, value: str, cmap: dict[str, str], ylabel: str
     return _png(fig)
 
 
-def breakdown(rows: list[tuple[str, dict[str, float], float]], title: str) -> bytes:
-    """Each call's phases as a share of the call (so a 500 ms cell and a 50 µs cell are both
-    readable), with the call's median written at the end of its bar."""
-    phases = list(dict.fromkeys(p for _, ph, _ in rows for p in ph))
-    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.6))
-    left = np.zeros(len(rows))
-    totals = np.array([sum(ph.values()) or 1.0 for _, ph, _ in rows])
-    for i, p in enumerate(phases):
-        share = np.array([ph.get(p, 0.0) for _, ph, _ in rows]) / totals * 100
-        ax.barh(range(len(rows)), share, left=left, color=PALETTE[i % len(PALETTE)], label=p, height=0.75)
-        left += share
-    for y, (_, _, median) in enumerate(rows):
-        ax.text(101, y, _fmt_s(median), va="center", fontsize=7.5)
-    ax.set_yticks(range(len(rows)), [r for r, _, _ in rows], fontsize=7.5)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 112)
-    ax.set_xlabel("share of the call (%), median per phase; call's p50 at right")
-    ax.legend(fontsize=8, ncols=min(len(phases), 6), loc="upper center", bbox_to_anchor=(0.5, -0.5 / max(len(rows), 1) - 0.06))
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, axis="x", alpha=0.3)
+def breakdown_per_model(per_model: dict[str, list[tuple[str, dict[str, float], float]]], cmap: dict[str, str]) -> bytes:
+    """One small chart per model: each strategy's call as its phases' medians stacked, in absolute time
+    (each model on its own scale), the call's p50 written at the end of the bar."""
+    n = len(per_model)
+    cols = min(n, 3)
+    height = max(len(rows) for rows in per_model.values()) * 0.3 + 1.3
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.4 * cols, height * math.ceil(n / cols)), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    phases = list(dict.fromkeys(p for rows in per_model.values() for _, ph, _ in rows for p in ph))
+    shade = {p: PALETTE[i % len(PALETTE)] for i, p in enumerate(phases)}
+    for ax, (model, rows) in zip(flat, per_model.items()):
+        left = np.zeros(len(rows))
+        for p in phases:
+            width = np.array([ph.get(p, 0.0) for _, ph, _ in rows])
+            if width.any():
+                ax.barh(range(len(rows)), width, left=left, color=shade[p], height=0.72)
+                left += width
+        top = max(max(left.max(), max(m for _, _, m in rows)), 1e-9)
+        for y, (_, _, median) in enumerate(rows):
+            ax.text(max(left[y], median) + top * 0.02, y, _fmt_s(median), va="center", fontsize=7)
+        ax.set_yticks(range(len(rows)), [st for st, _, _ in rows], fontsize=7.5)
+        ax.invert_yaxis()
+        ax.set_xlim(0, top * 1.3)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _fmt_s(v)))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(model, fontsize=9.5)
+        ax.grid(True, axis="x", alpha=0.3)
+    handles = [matplotlib.patches.Patch(color=shade[p], label=p) for p in phases]
+    fig.legend(handles=handles, fontsize=8, ncols=min(len(phases), 6), loc="lower center", bbox_to_anchor=(0.5, -0.02),
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _png(fig)
 
 

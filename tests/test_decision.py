@@ -46,7 +46,14 @@ def test_a_csharp_caller_gets_only_the_routes_it_can_call(decided: Path):
     assert reasons["cpp-onnxruntime"] == "a C++ route; a C# application cannot call it"
     assert reasons["clr-embed"] == "not measured in this run"
     md = (decided / "report.md").read_text()
-    assert "## Decision by caller language" in md and "From C#, mlp batch 1:" in md
+    assert "## Decision by caller language" in md
+    glance = md[md.index("**At a glance"):]
+    header, _, row = glance.splitlines()[2:5]
+    assert header.split(" | ")[-3:] == ["Python", "C#", "C++ |"], header
+    assert row.split(" | ")[-2].startswith("clr-onnxruntime "), row  # the C# column names a C# route
+    # one scorecard per model; crossovers say what this run could not show
+    assert "## Scorecard" in md and "**mlp, batch 1, 1 thread**" in md
+    assert "Payload: not measured in this run" in md
     # a claim whose cells were not in the run says so
     assert "| A gRPC microservice's communication overhead \"can become significant\" | not measured in this run" in md
 
@@ -77,8 +84,8 @@ def test_constraints_from_flags_exclude_with_reasons_and_the_json_round_trips(de
     c = _cell(d, "csharp")
     assert [r["strategy"] for r in c["eligible"]] == ["clr-onnxruntime"]
     assert {"strategy": "clr-capi", "reason": "needs Python at deployment"} in c["excluded"]
-    blocks, constraints = from_json(d)
-    assert to_json(blocks, constraints) == d
+    blocks, constraints, crossings = from_json(d)
+    assert to_json(blocks, constraints, crossings) == d
     assert constraints.python_at_deployment is False and constraints.p99_budget_ms == 10.0
     assert constraints.tie_within == 0.15  # the run's own [decision] stays under the flags
 
