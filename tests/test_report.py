@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.conftest import QUICK_STRATEGIES, run_bench
 
-SECTIONS = ["caller", "claims", "decision", "latency", "throughput", "overhead", "payload", "memory", "coldstart", "correctness",
+SECTIONS = ["caller", "scorecard", "crossovers", "every-route", "claims", "decision", "latency", "throughput", "overhead", "payload", "memory", "coldstart", "correctness",
             "environment"]
 
 
@@ -82,10 +82,17 @@ def test_the_report_renders_in_a_real_browser(quick_run: Path, tmp_path: Path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is missing: `nox -s tests` installs it (apt-get install chromium)"
     page = tmp_path / "page.html"
+    # errors: anything the page throws or logs as an error, caught from the first byte of the page on
+    catch = ("<script>window.__errors = []; window.addEventListener('error', e => __errors.push(String(e.message))); "
+             "const __ce = console.error; console.error = (...a) => { __errors.push(a.join(' ')); __ce(...a); };</script>")
     probe = ("<script>document.title = JSON.stringify({broken: [...document.images].filter(i => !i.complete || "
              "!i.naturalWidth).length, images: document.images.length, sections: document.querySelectorAll('section').length, "
-             "width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight});</script>")
-    page.write_text((quick_run / "report.html").read_text().replace("</body>", probe + "</body>"))
+             "width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight, errors: __errors, "
+             "cards: [...document.querySelectorAll('#scorecard table')].map(t => [t.caption ? t.caption.textContent : '', "
+             "t.tBodies[0].rows.length, t.getBoundingClientRect().width])});</script>")
+    html = (quick_run / "report.html").read_text()
+    assert "<head>" in html
+    page.write_text(html.replace("<head>", "<head>" + catch, 1).replace("</body>", probe + "</body>"))
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--window-size=1300,1600"]
@@ -96,6 +103,11 @@ def test_the_report_renders_in_a_real_browser(quick_run: Path, tmp_path: Path):
     assert facts["broken"] == 0 and facts["images"] >= 9, facts
     assert facts["sections"] >= len(SECTIONS), facts
     assert facts["width"] <= 1300, facts  # no table pushes the page sideways at a laptop's width
+    assert facts["errors"] == [], facts["errors"]
+    # the scorecard: one table per model, a row per strategy, laid out (not collapsed to nothing)
+    cards = {c[0].split(",")[0]: c for c in facts["cards"]}
+    assert set(cards) == {"mlp", "cnn", "transformer"}, facts["cards"]
+    assert all(rows == len(QUICK_STRATEGIES) and width > 600 for _, rows, width in cards.values()), facts["cards"]
     shot = tmp_path / "top.png"
     p = subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()],
                        capture_output=True, text=True, timeout=180)
