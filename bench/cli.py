@@ -242,7 +242,7 @@ MATRIX_FLAGS = ("scenarios", "config", "profile", "models", "strategies", "batch
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     from bench import scenarios
-    from fixtures.specs import parse_input_spec
+    from fixtures.specs import parse_input_spec, split_dims
 
     o: dict[str, Any] = {
         "scenarios": args.scenarios,
@@ -267,8 +267,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not (args.model_factory and args.model_inputs):
             raise UserError("--model-factory and --model-inputs go together")
         outputs = [x.strip() for x in args.model_outputs.split(",")] if args.model_outputs else []
-        o["custom_models"] = [make_custom_model(args.model_name, args.model_factory, parse_input_spec(args.model_inputs),
-                                                outputs, args.atol, args.rtol)]
+        tensors, dims = split_dims(args.model_inputs)
+        o["custom_models"] = [make_custom_model(args.model_name, args.model_factory, parse_input_spec(tensors),
+                                                outputs, args.atol, args.rtol, dims=dims)]
     return o
 
 

@@ -49,7 +49,7 @@ from bench import allocator
 from bench.errors import UserError
 from bench.measure import SamplingConfig
 from fixtures.builtin import BUILTIN_MODELS, IDENTITY_ROW_BYTES
-from fixtures.specs import ModelSpec, TensorSpec, parse_input_spec
+from fixtures.specs import ModelSpec, TensorSpec, parse_input_spec, split_dims
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {
@@ -58,6 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "threads": [1],
         "concurrency": [1, 4],
         "payload_sizes": ["1KiB", "16KiB", "256KiB", "1MiB", "16MiB", "64MiB"],
+        "scenarios": ["latency", "closed-loop", "payload", "shapes"],
         "sampling": SamplingConfig(),
     },
     "tails": {  # the default matrix, sampled until each cell's p99 is bounded within 5% (or 15 s)
@@ -74,6 +75,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "threads": [1],
         "concurrency": [1],
         "payload_sizes": ["1KiB", "1MiB"],
+        "scenarios": ["latency", "closed-loop", "payload", "shapes"],
         "sampling": SamplingConfig(warmup_s=0.1, min_time_s=0.2, max_time_s=0.6, concurrency_s=0.5,
                                    target_rel_ci=0.02),
     },
@@ -92,7 +94,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 DEFAULT_SCENARIOS = ("latency", "closed-loop", "payload")  # what runs made before scenarios measured
 TOP_KEYS = {"scenarios", "profile", "models", "strategies", "batch_sizes", "threads", "concurrency", "seed", "plugins",
             "payload_sweep", "sampling", "strategy", "model", "cpus", "malloc", "decision"}
-MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description"}
+MODEL_KEYS = {"name", "factory", "inputs", "outputs", "atol", "rtol", "description", "dims"}
 PAYLOAD_SWEEP_KEYS = {"sizes", "strategies"}
 # Caps on what one cell may ask for: past them a typo (a batch of 1000000000) would exhaust memory or
 # run for days before anything useful happened, so they are refused before any cell runs.
@@ -278,14 +280,19 @@ def _model_from_table(t: Any) -> ModelSpec:
         if k not in t:
             raise UserError(f"[[model]] {t.get('name', '?')!r} is missing {k!r}")
     inputs = t["inputs"]
+    dims: dict[str, Any] = {}
     if isinstance(inputs, str):
+        inputs, dims = split_dims(inputs)
         specs = parse_input_spec(inputs)
     elif isinstance(inputs, list) and inputs:
         specs = tuple(_input_from_table(t["name"], i) for i in inputs)
     else:
         raise UserError(f"[[model]] {t['name']!r}: inputs must be a spec string or a list of tables")
+    table = t.get("dims", {})  # dims = {seq = [8, 512]} (or [8, 512, 64]: low, high, nominal)
+    if not isinstance(table, dict):
+        raise UserError(f"[[model]] {t['name']!r}: dims must be a table like {{seq = [8, 512]}}, got {table!r}")
     return make_custom_model(str(t["name"]), str(t["factory"]), specs, t.get("outputs", ()),
-                             t.get("atol", 1e-4), t.get("rtol", 1e-3), t.get("description", ""))
+                             t.get("atol", 1e-4), t.get("rtol", 1e-3), t.get("description", ""), {**dims, **table})
 
 
 def _input_from_table(model: Any, i: Any) -> TensorSpec:
@@ -302,7 +309,8 @@ def _input_from_table(model: Any, i: Any) -> TensorSpec:
 
 
 def make_custom_model(name: str, factory: str, inputs: tuple[TensorSpec, ...], outputs: Any = (),
-                      atol: Any = 1e-4, rtol: Any = 1e-3, description: str = "") -> ModelSpec:
+                      atol: Any = 1e-4, rtol: Any = 1e-3, description: str = "",
+                      dims: dict[str, Any] | None = None) -> ModelSpec:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name):
         raise UserError(f"model name {name!r} may hold only letters, digits, '_', '-' and '.'")
     if name in BUILTIN_MODELS:
@@ -316,7 +324,7 @@ def make_custom_model(name: str, factory: str, inputs: tuple[TensorSpec, ...], o
     if isinstance(outputs, tuple):
         outputs = list(outputs)
     return ModelSpec(name, factory, inputs, tuple(_str_list("outputs", outputs)), float(atol), float(rtol),
-                     description or f"user model from {factory}")
+                     description or f"user model from {factory}", dims=dict(dims or {}))
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -240,9 +240,11 @@ class RunDir:
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
                 self.unreadable.append(f"{f.name} ({type(e).__name__})")
                 continue
+            parts = r.pop("parts", None) or []
             if not samples:
                 r.pop("samples_ns", None)
             out.append(r)
+            out.extend(_part_rows(r, parts, samples))
         return out
 
     def frame(self):  # -> pandas.DataFrame
@@ -252,6 +254,29 @@ class RunDir:
         df = self.frame()
         atomic_write_text(self.path / "summary.csv", df.to_csv(index=False))
         atomic_write_text(self.path / "summary.json", df.to_json(orient="records", indent=1))
+
+
+PART_FIELDS = ("latency", "samples_ns", "figures", "throughput", "phases", "scenario_detail", "cpu", "sampling")
+
+
+def _part_rows(r: dict[str, Any], parts: list[Any], samples: bool) -> list[dict[str, Any]]:
+    """A cell whose scenario measured parts (a length bucket) gives each its own row: the cell's identity
+    with ``.POINT`` appended to its point, the part's latency and figures, the rest (status, memory,
+    correctness) the cell's."""
+    rows = []
+    for p in parts:
+        if not isinstance(p, dict) or not isinstance(p.get("point"), str) or not isinstance(p.get("latency"), dict):
+            continue
+        cell = {**r["cell"], "point": f"{r['cell'].get('point') or ''}.{p['point']}".lstrip(".")}
+        row = {k: v for k, v in r.items() if k not in PART_FIELDS}
+        row.update(cell=Cell.from_json(cell).to_json(), latency=p["latency"], figures=p.get("figures") or {}, part_of=r["cell"]["id"])
+        lat = p["latency"]
+        if lat.get("p50"):
+            row["throughput"] = {"calls_per_s": 1 / lat["p50"], "samples_per_s": r["cell"]["batch"] / lat["p50"]}
+        if samples and p.get("samples_ns") is not None:
+            row["samples_ns"] = p["samples_ns"]
+        rows.append(row)
+    return rows
 
 
 def _get(d: dict | None, *keys: str, default: Any = None) -> Any:

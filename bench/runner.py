@@ -196,10 +196,13 @@ class Runner:
         for name in names:
             spec = self.cfg.model_spec(name)
             batches = sorted({c.batch for c in self.cells if c.model == name})
-            self.progress.note(f"probing model {name} ({len(batches)} batch sizes)")
+            plans = list({json.dumps(p, sort_keys=True): p for p in (self._plan(c) for c in self.cells if c.model == name)
+                          if p is not None}.values())
+            self.progress.note(f"probing model {name} ({len(batches)} batch sizes"
+                               + (f", references for {len(plans)} set(s) of requests" if plans else "") + ")")
             res = spawn_job(
                 {"kind": "probe", "model": spec.to_json(), "seed": self.cfg.seed, "batches": batches,
-                 "refs_root": str(self.cache / "refs")},
+                 "refs_root": str(self.cache / "refs"), "plans": plans},
                 self.work, self.run_dir.logs_dir / f"probe-{name}.log", PREPARE_TIMEOUT_S)
             if res.get("user_error"):
                 raise UserError(res["user_error"])
@@ -210,6 +213,11 @@ class Runner:
                 continue
             states[name] = ModelState(spec.with_outputs(tuple(res["outputs"])), res["content_hash"], res["ref_dir"])
         return states
+
+    def _plan(self, cell: Cell) -> dict[str, Any] | None:
+        from bench import scenarios
+
+        return scenarios.get(cell.scenario).reference_plan(cell, self.cfg.scenario_options.get(cell.scenario, {}))
 
     def artifact_dir(self, strategy: strategies.Strategy, model: ModelState) -> Path:
         key = json.dumps([strategy.name, strategy.source_hash(), strategy.runtime_versions(), model.content_hash,
@@ -241,7 +249,8 @@ class Runner:
         return {
             "kind": "cell", "cell": cell.to_json(), "model": model.spec.to_json(), "seed": self.cfg.seed,
             "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
-            "reference": str(reference_path(model.ref_dir, cell.batch)), "sampling": self.cfg.sampling.to_json(),
+            "reference": str(reference_path(model.ref_dir, cell.batch)), "ref_dir": model.ref_dir,
+            "sampling": self.cfg.sampling.to_json(),
             "settings": strategies.settings_for(cell.strategy, self.cfg.strategy_settings), "plugins": self.cfg.plugins,
             "scenario_options": self.cfg.scenario_options.get(cell.scenario, {}), "load_generator": self.generator,
         }

@@ -77,11 +77,39 @@ def probe(job: dict[str, Any]) -> dict[str, Any]:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
         np.savez(tmp, **{k: v.numpy() for k, v in out.items()})
         os.replace(tmp, path)
+    for plan in job.get("plans") or []:  # requests of varying shape: every one's reference, once per content
+        _request_references(model, spec, seed, plan, ref_dir)
     return {
         "content_hash": content_hash, "outputs": list(names), "ref_dir": str(ref_dir),
         "params": int(sum(p.numel() for p in model.parameters())),
         "output_shapes": {k: list(v.shape) for k, v in outs.items()},
     }
+
+
+def _request_references(model: Any, spec: Any, seed: int, plan: dict[str, Any], ref_dir: Path) -> None:
+    """Eager torch's outputs for each request of a plan (fixtures.requests), as ``requests-KEY/i.npz``;
+    a complete set (its DONE file) is reused."""
+    import torch
+
+    from fixtures.loading import outputs_to_dict, to_torch_inputs
+    from fixtures.requests import plan_key, requests_for
+
+    folder = ref_dir / f"requests-{plan_key(plan)}"
+    if (folder / "DONE").exists():
+        return
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for i, (_sizes, x) in enumerate(requests_for(spec, seed, plan)):
+            with torch.inference_mode():
+                out = outputs_to_dict(model(*to_torch_inputs(spec, x)), spec.outputs)
+            np.savez(tmp / f"{i}.npz", **{k: v.numpy() for k, v in out.items()})
+        (tmp / "DONE").write_text("")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare(job: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +152,11 @@ def _open(job: dict[str, Any], strategy: Any, spec: Any) -> tuple[Any, Any]:
     handle = ModelHandle(spec, job["seed"], job["content_hash"])
     options = SessionOptions(c["threads"], c["concurrency"], job.get("settings", {}))
     return handle, strategy.open(handle, Path(job["artifacts"]) if job.get("artifacts") else None, options)
+
+
+def _capped(lat: np.ndarray, cap: int) -> list[int]:
+    """The raw samples, evenly thinned to ``cap`` where there are more."""
+    return (lat if len(lat) <= cap else lat[np.linspace(0, len(lat) - 1, cap).astype(int)]).tolist()
 
 
 def cell(job: dict[str, Any]) -> dict[str, Any]:
@@ -194,12 +227,15 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
             result["figures"] = m.figures
         if m.detail:
             result["scenario_detail"] = m.detail
+        cap = job.get("max_raw_samples", 50_000)
+        if m.parts:  # rows of their own (bench.results expands them)
+            result["parts"] = [{"point": p["point"], "latency": _summ(p["latency_ns"]), "figures": p.get("figures") or {},
+                                "samples_ns": _capped(p["latency_ns"], cap)} for p in m.parts if len(p["latency_ns"])]
         lat = m.latency_ns
         calls_per_s = m.calls_per_s if m.calls_per_s is not None else (m.calls / m.wall_s if m.wall_s else 0.0)
         result["latency"] = _summ(lat)
         result["throughput"] = {"calls_per_s": calls_per_s, "samples_per_s": calls_per_s * c["batch"]}
-        cap = job.get("max_raw_samples", 50_000)
-        result["samples_ns"] = (lat if len(lat) <= cap else lat[np.linspace(0, len(lat) - 1, cap).astype(int)]).tolist()
+        result["samples_ns"] = _capped(lat, cap)
         last = session.run(inputs)
         last = {k: np.array(v, copy=True) for k, v in last.items()}
         tracker.sample()
@@ -213,6 +249,9 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
         expected = {k: ref[k] for k in ref.files}
     result["correctness"] = worst(compare_outputs(first, expected, spec.atol, spec.rtol),
                                   compare_outputs(last, expected, spec.atol, spec.rtol))
+    if m.problems:  # the scenario checked more than the first and last call, and found wrong outputs
+        result["correctness"] = {**result["correctness"], "ok": False,
+                                 "problems": list(m.problems) + list(result["correctness"].get("problems", []))}
     result["status"] = "ok" if result["correctness"]["ok"] else "invalid"
     if not result["correctness"]["ok"]:
         result["error"] = "wrong outputs: " + "; ".join(result["correctness"]["problems"])

@@ -89,13 +89,15 @@ class ModelHandle:
             self.build_s = time.perf_counter() - t0
         return self._module
 
-    def batch_dynamic_shapes(self, max_batch: int | None = None) -> tuple[dict[int, Any], ...]:
-        """``dynamic_shapes`` for torch.export over the spec's inputs: each input's batch axis
-        dynamic, from 1 up to ``max_batch`` (unbounded when None), every other axis static."""
+    def dynamic_shapes(self, max_batch: int | None = None) -> tuple[dict[int, Any], ...]:
+        """``dynamic_shapes`` for torch.export over the spec's inputs: each input's batch axis dynamic,
+        from 1 up to ``max_batch`` (unbounded when None), each named dimension (``seq``) dynamic within
+        its range (one Dim per name, shared by the inputs that carry it), every other axis static."""
         import torch
 
-        batch = torch.export.Dim("batch", min=1, max=max_batch)
-        return tuple({t.shape.index("batch"): batch} if "batch" in t.shape else {} for t in self.spec.inputs)
+        named = {"batch": torch.export.Dim("batch", min=1, max=max_batch)}
+        named.update({k: torch.export.Dim(k, min=lo, max=hi) for k, (lo, hi, _) in self.spec.dims.items()})
+        return tuple({i: named[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.spec.inputs)
 
     def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
         return make_inputs(self.spec, batch, self.seed)

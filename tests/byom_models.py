@@ -95,3 +95,21 @@ class Slow(nn.Module):
 
 def make_slow() -> nn.Module:
     return Slow()
+
+
+class LengthFrozenByTrace(nn.Module):
+    """Token ids [batch, seq] in, the mean of their embeddings' sums out ([batch, 1]). The length is read
+    with ``int()``, which a trace records as a constant: a model traced at one length that silently
+    gives wrong outputs at every other, in the right shape (what the shapes scenario must catch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(100, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = int(ids.shape[1])
+        return self.emb(ids).sum(-1).sum(-1, keepdim=True) / n
+
+
+def make_length_frozen() -> nn.Module:
+    return LengthFrozenByTrace()

@@ -84,6 +84,11 @@ class Measured:
     detail: dict[str, Any] = field(default_factory=dict)
     cpu_s: float | None = None  # CPU seconds over the calls counted (default: the meter over measure())
     cpu_by_role: dict[str, float] = field(default_factory=dict)
+    #: rows of their own (a length bucket): each {"point", "latency_ns", "figures"}; the results store gives
+    #: each the cell's identity with ``.point`` appended, so compare and history follow it apart
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    #: wrong outputs the scenario found itself (every request checked): the cell is invalid, never ranked
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,6 +165,11 @@ class Scenario:
 
     def cells(self, cfg: RunConfig, options: dict[str, Any]) -> list[Cell]:
         raise NotImplementedError
+
+    def reference_plan(self, cell: Cell, options: dict[str, Any]) -> dict[str, Any] | None:
+        """Requests beyond the cell's one input set whose eager-torch references the probe must compute
+        (fixtures.requests plan), or None."""
+        return None
 
     def point_label(self, point: str) -> str:
         """How a cell's point (a rate, ...) reads in the report."""

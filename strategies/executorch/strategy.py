@@ -158,7 +158,7 @@ def lower(model: ModelHandle, out_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
     try:
-        exported = torch.export.export(model.build(), args, dynamic_shapes=model.batch_dynamic_shapes(max_batch))
+        exported = torch.export.export(model.build(), args, dynamic_shapes=model.dynamic_shapes(max_batch))
     except Exception as e:
         raise one_line_failure("export", e) from e
     t1 = time.perf_counter()

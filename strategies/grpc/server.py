@@ -78,7 +78,7 @@ class InferenceServicer:
         meta = pb2.ModelMetadataResponse.TensorMetadata
         return pb2.ModelMetadataResponse(
             name=self.spec.name, versions=["1"], platform=f"pytorch_{self.torch.__version__}",
-            inputs=[meta(name=t.name, datatype=codec.TO_DATATYPE[t.dtype], shape=[-1 if d == "batch" else d for d in t.shape])
+            inputs=[meta(name=t.name, datatype=codec.TO_DATATYPE[t.dtype], shape=[-1 if isinstance(d, str) else d for d in t.shape])
                     for t in self.spec.inputs],
             outputs=[meta(name=n) for n in self.spec.outputs],
             content_hash=self.content_hash, max_message_bytes=self.max_bytes,

@@ -45,7 +45,7 @@ def export_aoti(model: ModelHandle, path: Path) -> None:
 
     spec = model.spec
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
-    program = torch.export.export(model.build(), args, dynamic_shapes=model.batch_dynamic_shapes())
+    program = torch.export.export(model.build(), args, dynamic_shapes=model.dynamic_shapes())
     torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 

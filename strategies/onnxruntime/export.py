@@ -67,7 +67,7 @@ def export_onnx(model: ModelHandle, path: Path) -> dict:
     try:
         program = torch.onnx.export(
             model.build(), args, dynamo=True, input_names=[t.name for t in spec.inputs],
-            output_names=list(spec.outputs), dynamic_shapes=model.batch_dynamic_shapes(), optimize=True, verbose=False,
+            output_names=list(spec.outputs), dynamic_shapes=model.dynamic_shapes(), optimize=True, verbose=False,
         )
     except Exception as e:
         raise export_failure(e) from e
@@ -90,7 +90,7 @@ def export_torchscript_based(model: ModelHandle, path: Path) -> dict:
 
     spec = model.spec
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
-    axes = {t.name: {t.shape.index("batch"): "batch"} for t in spec.inputs if "batch" in t.shape}
+    axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs}
     axes.update({o: {0: "batch"} for o in spec.outputs})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)

@@ -104,7 +104,12 @@ def convert(model: ModelHandle, out_dir: Path) -> dict[str, Any]:
         names = [p.get_any_name() for p in ov_model.inputs]
         if sorted(names) != sorted(t.name for t in spec.inputs):
             raise ValueError(f"model inputs {names} differ from the spec's {[t.name for t in spec.inputs]}")
-        shapes = {t.name: ov.PartialShape([-1 if d == "batch" else int(d) for d in t.shape]) for t in spec.inputs}
+        def dim(d: int | str) -> Any:  # batch: any; a named dimension: its range; the rest static
+            if d == "batch":
+                return -1
+            return ov.Dimension(*spec.dims[d][:2]) if isinstance(d, str) else int(d)
+
+        shapes = {t.name: ov.PartialShape([dim(d) for d in t.shape]) for t in spec.inputs}
         ov_model.reshape(shapes)  # batch dynamic, the rest static: the CPU plugin plans for them
         ov.save_model(ov_model, str(out_dir / MODEL_XML), compress_to_fp16=False)
     except Exception as e:
