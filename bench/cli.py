@@ -214,10 +214,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<16} BROKEN: {err}")
     print("\nModels:")
     for m in BUILTIN_MODELS.values():
-        ins = ", ".join(t.describe() for t in m.inputs)
+        ins = ", ".join(t.describe() for t in m.inputs) + "".join(
+            f"; {k}={lo}..{hi} ({nom} where one shape is measured)" for k, (lo, hi, nom) in m.dims.items())
         print(f"  {m.name:<12} {m.description}")
         print(f"  {'':<12} inputs {ins} -> {', '.join(m.outputs)}")
-    print("  (bring your own: --model-factory pkg.module:fn --model-inputs 'x:float32[batch,16]', or [[model]] in a config)")
+    print("  (bring your own: --model-factory pkg.module:fn --model-inputs 'x:float32[batch,16]' (a named dimension: "
+          "'ids:int64[batch,seq]; seq=8..512'), or [[model]] in a config)")
     print("\nProfiles:")
     for name, p in PROFILES.items():
         print(f"  {name:<8} models={','.join(p['models'])} batch={p['batch_sizes']} threads={p['threads']} "

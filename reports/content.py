@@ -531,9 +531,9 @@ def _part_section(part: Any, cmap: dict[str, str]) -> Section:
     """A scenario's report part (bench.scenarios.Part, plain data) as a section with tables and plots."""
     sec = Section(part.key, part.title, list(part.text))
     for t in part.tables:
-        sec.tables.append(Table(list(t.header), [list(map(str, row)) for row in t.rows]))
+        sec.tables.append(Table(list(t.header), [list(map(str, row)) for row in t.rows], title=t.caption))
     for c in part.curves:
-        sec.figures.append(Figure(c.name, plots.curve(c, cmap), c.ylabel + " against " + c.xlabel))
+        sec.figures.append(Figure(c.name, plots.curve(c, cmap), c.title or (c.ylabel + " against " + c.xlabel)))
     return sec
 
 

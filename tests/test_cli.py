@@ -139,7 +139,7 @@ def test_list_shows_strategies_with_availability_and_models(tmp_path: Path):
     p = run_bench("list", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     for word in ("torch", "onnxruntime", "available", "identity", "mlp", "cnn", "transformer",
-                 "input_ids:int64[batch,32]", "quick"):
+                 "input_ids:int64[batch,seq], attention_mask:int64[batch,seq]", "seq=8..128", "quick"):
         assert word in p.stdout
     p = run_bench("list", "--plugin", "tests.plugins.faulty", cwd=tmp_path)
     assert "crash-test" in p.stdout

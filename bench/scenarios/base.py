@@ -110,6 +110,7 @@ class Curve:
     hline_label: str = ""
     log_y: bool = False
     y_seconds: bool = False  # y values are seconds (formatted as times)
+    title: str = ""  # the figure's caption (default: "ylabel against xlabel")
 
 
 @dataclass

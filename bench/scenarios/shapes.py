@@ -242,8 +242,8 @@ class Shapes(Scenario):
                 agree = c.get("argmax_agreement")
                 firsts = [p["first_ms"] for p in d["requests"] if p["new_shape"]]
                 status = "ok" if r["status"] == "ok" else f"WRONG at {sum(not p['ok'] for p in d['requests'])} of {len(d['requests'])}"
-                table.append([r["cell"]["strategy"]] + [f"{np.median(by[b]):.3g} ms" if b in by else "-" for b in buckets]
-                             + [f"{np.median(firsts):.3g} ms" if firsts else "-", status, errs or "-",
+                table.append([r["cell"]["strategy"]] + [_ms(float(np.median(by[b]))) if b in by else "-" for b in buckets]
+                             + [_ms(float(np.median(firsts))) if firsts else "-", status, errs or "-",
                                 f"{agree:.1%}" if agree is not None else "-"])
             part.tables.append(PartTable(["strategy"] + [f"{dim} {b}" for b in buckets]
                                          + ["first call (new shape)", "outputs", "abs error (max, p99 over requests)",
@@ -251,8 +251,16 @@ class Shapes(Scenario):
                                          caption=f"{model}: median latency per {dim} bucket, batch {rs[0]['cell']['batch']}"))
             if any(series.values()):
                 part.curves.append(Curve(f"shapes-{model}", f"{dim} (the request's length)", "median latency", series,
-                                         log_y=True, y_seconds=True))
+                                         log_y=True, y_seconds=True,
+                                         title=f"{model}: median latency against {dim}, per request, each route"))
         return part
+
+
+def _ms(v: float) -> str:
+    return f"{v * 1e3:.3g} µs" if v < 1 else f"{v:.3g} ms"
+
+
+CLASS_SCORES = ("logit", "score", "prob", "class", "label")
 
 
 def _e(v: Any) -> str:
@@ -261,7 +269,8 @@ def _e(v: Any) -> str:
 
 def _errors(checks: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]]) -> dict[str, Any]:
     """Per output, over every request: the largest and the 99th percentile of each request's max abs and
-    rel error; where an output looks like class scores ([batch, classes], float), the share of rows
+    rel error; where an output looks like class scores ([batch, classes], float, named like logits or
+    the model's only output), the share of rows
     whose argmax agrees with eager torch."""
     outputs: dict[str, dict[str, float]] = {}
     agree = total = 0
@@ -271,7 +280,8 @@ def _errors(checks: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray], dic
             o["abs"].append(rec.get("max_abs", float("inf")))
             o["rel"].append(rec.get("max_rel", float("inf")))
             a, e = out.get(name), expected[name]
-            if a is not None and a.shape == e.shape and e.ndim == 2 and e.shape[1] >= 2 and e.dtype.kind == "f":
+            scores = any(w in name.lower() for w in CLASS_SCORES) or len(expected) == 1  # a lone 2-D output: a classifier's
+            if scores and a is not None and a.shape == e.shape and e.ndim == 2 and e.shape[1] >= 2 and e.dtype.kind == "f":
                 agree += int((np.argmax(a, axis=1) == np.argmax(e, axis=1)).sum())
                 total += e.shape[0]
     summary = {name: {"max_abs": float(np.max(o["abs"])), "p99_abs": float(np.percentile(o["abs"], 99)),
