@@ -293,6 +293,7 @@ def curve(c: Any, cmap: dict[str, str]) -> bytes:
     if c.hline is not None:
         ax.axhline(c.hline, color="0.3", ls="--", lw=1, label=c.hline_label or None)
     ax.set_xscale("log")
+    _log_axis(ax.xaxis, lambda v: f"{v:g}")  # 20, 50, 100 rather than 2x10^1
     if c.log_y:
         ax.set_yscale("log")
     if c.y_seconds:

@@ -87,6 +87,13 @@ def test_each_length_bucket_is_a_row_of_its_own_and_the_report_plots_latency_aga
     judged = {c.cell_id for c in changes}
     assert {r["cell_id"] for r in buckets} <= judged and not only_base and not only_new
     assert all(c.verdict == "unchanged" for c in changes)
+    # the history keeps each bucket as a cell of its own, and reads back what the folder holds
+    from bench.history import History
+
+    with History.open(str(shaped.parent / "h.sqlite")) as h:
+        h.record(RunDir(shaped))
+        back = h.get("s").load_cells(samples=False)
+    assert {r["cell"]["id"] for r in back} == {r["cell"]["id"] for r in cells}
 
 
 def _write(folder: Path, name: str, **arrays: np.ndarray) -> Path:

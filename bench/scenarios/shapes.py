@@ -212,6 +212,11 @@ class Shapes(Scenario):
         if not mine:
             return None
         part = Part("shapes", "Variable shapes: latency against length, and every request checked")
+        pooled: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (model, strategy, "seq8-15") -> the bucket row's p50, p99
+        for row in rows:
+            point = str(row.get("point") or "")
+            if "." in point:
+                pooled[(row["model"], row["strategy"], point.split(".", 1)[1])] = (row.get("p50_ms"), row.get("p99_ms"))
         replay = any(r["cell"]["point"] == "replay" for r in mine)
         part.text.append(
             ("Recorded requests replayed" if replay else f"{len(mine[0]['scenario_detail']['requests'])} requests with "
@@ -242,10 +247,11 @@ class Shapes(Scenario):
                 agree = c.get("argmax_agreement")
                 firsts = [p["first_ms"] for p in d["requests"] if p["new_shape"]]
                 status = "ok" if r["status"] == "ok" else f"WRONG at {sum(not p['ok'] for p in d['requests'])} of {len(d['requests'])}"
-                table.append([r["cell"]["strategy"]] + [_ms(float(np.median(by[b]))) if b in by else "-" for b in buckets]
+                table.append([r["cell"]["strategy"]] + [_bucket(pooled.get((model, r["cell"]["strategy"], f"{dim}{b}")), by.get(b))
+                                                        for b in buckets]
                              + [_ms(float(np.median(firsts))) if firsts else "-", status, errs or "-",
                                 f"{agree:.1%}" if agree is not None else "-"])
-            part.tables.append(PartTable(["strategy"] + [f"{dim} {b}" for b in buckets]
+            part.tables.append(PartTable(["strategy"] + [f"{dim} {b}: p50 (p99)" for b in buckets]
                                          + ["first call (new shape)", "outputs", "abs error (max, p99 over requests)",
                                             "argmax agrees"], table,
                                          caption=f"{model}: median latency per {dim} bucket, batch {rs[0]['cell']['batch']}"))
@@ -254,6 +260,17 @@ class Shapes(Scenario):
                                          log_y=True, y_seconds=True,
                                          title=f"{model}: median latency against {dim}, per request, each route"))
         return part
+
+
+def _bucket(row: tuple[Any, Any] | None, per_request: list[float] | None) -> str:
+    """A bucket's p50 (p99 where its samples bound it), from its own row; else the median of its requests'."""
+    def num(v: Any) -> float | None:
+        return None if v is None or v != v else float(v)
+
+    p50, p99 = (num(row[0]), num(row[1])) if row else (None, None)
+    if p50 is None:
+        return _ms(float(np.median(per_request))) if per_request else "-"
+    return _ms(p50) + (f" (p99 {_ms(p99)})" if p99 is not None else "")
 
 
 def _ms(v: float) -> str:
