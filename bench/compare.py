@@ -215,7 +215,7 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     broken = [c for c in only_base if new_status.get(c) in ("error", "invalid")]
     only_base = [c for c in only_base if c not in broken]
     base_status = {r["cell"]["id"]: r["status"] for r in base_cells}
-    fixed = [c for c in only_new if base_status.get(c) in ("error", "invalid", "skipped")]  # the base measured them
+    fixed = [c for c in only_new if base_status.get(c) in ("error", "invalid", "skipped", "unsupported")]  # the base measured them
     only_new = [c for c in only_new if c not in fixed]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken,
                      partial_baseline=partial_baseline, fixed=fixed)

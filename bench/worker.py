@@ -36,6 +36,7 @@ from bench import allocator
 from bench.cache import reference_path
 from bench.errors import UserError
 from bench.results import EX_CANNOT_WRITE, WRITE_ERRORS, atomic_write_json
+from strategies.base import ShapeUnsupported
 
 
 def probe(job: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +256,8 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     result["status"] = "ok" if result["correctness"]["ok"] else "invalid"
     if not result["correctness"]["ok"]:
         result["error"] = "wrong outputs: " + "; ".join(result["correctness"]["problems"])
+    elif m.unsupported:  # correct where it ran, but it declared shapes of the model's range it cannot take
+        result["status"], result["error"] = "unsupported", f"cannot take {m.unsupported}"
     return result
 
 
@@ -317,6 +320,8 @@ def main(argv: list[str]) -> int:
         result = {"ok": True, **JOBS[job["kind"]](job)}
     except UserError as e:
         result = {"ok": False, "user_error": str(e)}
+    except ShapeUnsupported as e:  # the route was built not to take any of the cell's shapes, and said so
+        result = {"ok": False, "status": "unsupported", "error": f"cannot take this: {' '.join(str(e).split())[:600]}"}
     except BaseException as e:  # the job failed; the result says how, the run goes on
         text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())  # one line, whole in the traceback
         result = {"ok": False, "status": "error", "error": f"{type(e).__name__}: {text[:600]}".strip(),

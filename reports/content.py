@@ -163,7 +163,8 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
                         f"{', '.join(run.unreadable[:6])}{' ...' if len(run.unreadable) > 6 else ''} "
                         f"(`python -m bench run --resume {run.path}` measures them again).")
     for status, what in (("invalid", "gave wrong outputs and are not ranked"), ("error", "failed"),
-                         ("skipped", "were skipped")):
+                         ("skipped", "were skipped"),
+                         ("unsupported", "are routes built not to take some of the shapes asked of them (they said so)")):
         n = int((df_every.status == status).sum())
         if n:
             warnings.append(f"{n} cell(s) {what}: {', '.join(df_every[df_every.status == status].cell_id[:6])}"
@@ -481,7 +482,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     sections.append(sec)
 
     # -- errors ----------------------------------------------------------------------------------------
-    failed = [r for r in results_every if r["status"] in ("error", "skipped", "invalid")]
+    failed = [r for r in results_every if r["status"] in ("error", "skipped", "invalid", "unsupported")]
     if failed:
         sec = Section("errors", "Failed, invalid and skipped cells")
         sec.tables.append(Table(["cell", "status", "reason"], [[r["cell"]["id"], r["status"], _first_line(r.get("error"), 300)]

@@ -145,7 +145,7 @@ def terminal_table(df: pd.DataFrame) -> str:
             lines.append("")
         prev = group
         status = r.status if r.status != "ok" else ("ok (noisy)" if r.noisy else "ok")
-        if r.status in ("error", "skipped", "invalid") and r.error:
+        if r.status in ("error", "skipped", "invalid", "unsupported") and r.error:
             status += ": " + str(r.error).splitlines()[0][:60]
         lines.append(
             f"{r.model:<12} {r.strategy:<{w}} {r.batch:>6} {r.threads:>3} {r.concurrency:>4} "

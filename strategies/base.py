@@ -89,18 +89,25 @@ class ModelHandle:
             self.build_s = time.perf_counter() - t0
         return self._module
 
-    def dynamic_shapes(self, max_batch: int | None = None) -> tuple[dict[int, Any], ...]:
+    def dynamic_shapes(self, max_batch: int | None = None, named: bool = True) -> tuple[dict[int, Any], ...]:
         """``dynamic_shapes`` for torch.export over the spec's inputs: each input's batch axis dynamic,
         from 1 up to ``max_batch`` (unbounded when None), each named dimension (``seq``) dynamic within
         its range (one Dim per name, shared by the inputs that carry it), every other axis static."""
         import torch
 
-        named = {"batch": torch.export.Dim("batch", min=1, max=max_batch)}
-        named.update({k: torch.export.Dim(k, min=lo, max=hi) for k, (lo, hi, _) in self.spec.dims.items()})
-        return tuple({i: named[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.spec.inputs)
+        dims = {"batch": torch.export.Dim("batch", min=1, max=max_batch)}
+        if named:  # else the named dimensions stay static at the example inputs' (nominal) size
+            dims.update({k: torch.export.Dim(k, min=lo, max=hi) for k, (lo, hi, _) in self.spec.dims.items()})
+        return tuple({i: dims[d] for i, d in enumerate(t.shape) if d in dims} for t in self.spec.inputs)
 
     def example_inputs(self, batch: int) -> dict[str, np.ndarray]:
         return make_inputs(self.spec, batch, self.seed)
+
+
+class ShapeUnsupported(ValueError):
+    """A call whose shape the route was built not to take (an artifact lowered with a named dimension
+    fixed, because its toolchain could not keep it dynamic). The message says what it cannot do; the
+    shapes scenario records the route as unsupported for the model's range, not as wrong."""
 
 
 @dataclass

@@ -149,7 +149,7 @@ def test_every_route_on_mono_gives_eager_torch_s_outputs_on_every_built_in_model
                   "--no-history", *FAST, cwd=tmp_path, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     cells = [json.loads(f.read_text()) for f in (tmp_path / "mono" / "cells").glob("*.json")]
-    assert len(cells) == 3 * 3 * 2 * 2 + 3
+    assert len(cells) == 3 * 3 * 2 * 2 + 3 + 3  # + the transformer's lengths (the shapes scenario), one per route
     bad = [(c["cell"]["id"], c["status"], c.get("error")) for c in cells if c["status"] != "ok"]
     assert not bad, bad
     assert all(c["session"]["runtime"].startswith("Mono") for c in cells)

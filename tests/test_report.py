@@ -18,6 +18,7 @@ def test_report_renders_every_section(quick_run: Path, tmp_path: Path):
     figures = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]{2000,})'", html)
     assert len(figures) >= 9  # distributions, p50/p99, 3 throughput, overhead, payload, memory, cold start
     assert "http://" not in html and "https://" not in html  # self-contained
+    assert "alt='shapes-transformer'" in html  # the quick profile measures the transformer's lengths: latency against length
     text = unescape(html)  # "torch's" is "torch&#x27;s" in the page
     assert "wins at" in text or " tie at " in text
     for phrase in ("in-process torch's time", "fit R²", "GB/s", "Cold start", "max abs err",

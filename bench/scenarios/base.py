@@ -89,6 +89,8 @@ class Measured:
     parts: list[dict[str, Any]] = field(default_factory=list)
     #: wrong outputs the scenario found itself (every request checked): the cell is invalid, never ranked
     problems: list[str] = field(default_factory=list)
+    #: what the route declared it cannot take (strategies.base.ShapeUnsupported): the cell is unsupported, not wrong
+    unsupported: str = ""
 
 
 @dataclass

@@ -38,6 +38,7 @@ from bench.scenarios.base import (
     choice,
     positive_int,
 )
+from strategies.base import ShapeUnsupported
 
 DEFAULT_REQUESTS = 24
 
@@ -121,6 +122,7 @@ class Shapes(Scenario):
 
         # 1. each request once, in order: its first call timed apart, its outputs checked
         seen: set[tuple] = set()
+        unsupported = ""
         per: list[dict[str, Any]] = []
         checks = []
         for i, (sizes, x) in enumerate(reqs):
@@ -133,6 +135,10 @@ class Shapes(Scenario):
                 first = time.perf_counter_ns() - t0
                 out = {k: np.array(v, copy=True) for k, v in out.items()}
                 check = compare_outputs(out, expected, spec.atol, spec.rtol)
+            except ShapeUnsupported as e:  # built not to take this size (its toolchain fixed it), and says so
+                first = time.perf_counter_ns() - t0
+                out, unsupported = {}, unsupported or f"{' '.join(str(e).split())[:300]}"
+                check = {"ok": True, "outputs": {}, "problems": [], "unsupported": True}
             except Exception as e:  # a route that cannot take this shape at all: this request fails, the rest go on
                 first = time.perf_counter_ns() - t0
                 out, text = {}, " ".join(str(e).split())
@@ -141,7 +147,8 @@ class Shapes(Scenario):
             n = sizes.get(dim, 0) if dim else 0
             per.append({"i": i, "sizes": {k: v for k, v in sizes.items() if k != "batch"},
                         "batch": int(next(iter(x.values())).shape[0]) if x else 0, "bucket": bucket_of(n, edges) if dim else "all",
-                        "length": n, "first_ms": first / 1e6, "new_shape": shape not in seen, "ok": bool(check["ok"])})
+                        "length": n, "first_ms": first / 1e6, "new_shape": shape not in seen, "ok": bool(check["ok"]),
+                        "unsupported": bool(check.get("unsupported"))})
             seen.add(shape)
             ctx.between_rounds()
 
@@ -172,6 +179,8 @@ class Shapes(Scenario):
                     + "; ".join(c["problems"][:2]) for p, (_, _, c) in zip(per, checks) if not c["ok"]]
 
         if not len(every):
+            if unsupported and not problems:
+                raise ShapeUnsupported(unsupported)
             raise RuntimeError(f"every request failed; {problems[0] if problems else 'none was timed'}")
         parts = []
         if dim:
@@ -192,7 +201,9 @@ class Shapes(Scenario):
                   "correctness": correctness, "distinct_shapes": len(seen), "problems": problems[:20]}
         return Measured(every, len(every), wall, {"rounds": rounds, "requests": len(reqs), "budget_s": budget},
                         calls_per_s=len(every) / (every.sum() / 1e9) if len(every) else 0.0, figures=figures,
-                        detail=detail, parts=parts, problems=problems)
+                        detail=detail, parts=parts, problems=problems,
+                        unsupported=(f"{sum(p['unsupported'] for p in per)} of {len(per)} requests: {unsupported}"
+                                     if unsupported else ""))
 
     def describe(self, result: dict[str, Any]) -> str:
         d = result.get("scenario_detail") or {}
@@ -208,7 +219,8 @@ class Shapes(Scenario):
         return f"{len(reqs)} requests  {text}" + (f"  {bad} WRONG" if bad else "")
 
     def report(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], options: dict[str, Any]) -> Part | None:
-        mine = [r for r in results if r["status"] in ("ok", "invalid") and (r.get("scenario_detail") or {}).get("requests")]
+        mine = [r for r in results if r["status"] in ("ok", "invalid", "unsupported")
+                and (r.get("scenario_detail") or {}).get("requests")]
         if not mine:
             return None
         part = Part("shapes", "Variable shapes: latency against length, and every request checked")
@@ -246,7 +258,9 @@ class Shapes(Scenario):
                 errs = "; ".join(f"{k} max {_e(o.get('max_abs'))}, p99 {_e(o.get('p99_abs'))}" for k, o in c.get("outputs", {}).items())
                 agree = c.get("argmax_agreement")
                 firsts = [p["first_ms"] for p in d["requests"] if p["new_shape"]]
-                status = "ok" if r["status"] == "ok" else f"WRONG at {sum(not p['ok'] for p in d['requests'])} of {len(d['requests'])}"
+                status = "ok" if r["status"] == "ok" else (
+                    f"cannot take {sum(p.get('unsupported', False) for p in d['requests'])} of {len(d['requests'])}"
+                    if r["status"] == "unsupported" else f"WRONG at {sum(not p['ok'] for p in d['requests'])} of {len(d['requests'])}")
                 table.append([r["cell"]["strategy"]] + [_bucket(pooled.get((model, r["cell"]["strategy"], f"{dim}{b}")), by.get(b))
                                                         for b in buckets]
                              + [_ms(float(np.median(firsts))) if firsts else "-", status, errs or "-",

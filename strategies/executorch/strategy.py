@@ -28,6 +28,7 @@ from strategies.base import (
     ModelHandle,
     Session,
     SessionOptions,
+    ShapeUnsupported,
     Strategy,
     exporter_cause,
     package_version,
@@ -157,17 +158,28 @@ def lower(model: ModelHandle, out_dir: Path) -> dict[str, Any]:
     axes = _batch_axes(model)
     t0 = time.perf_counter()
     args = tuple(to_torch_inputs(spec, model.example_inputs(EXPORT_BATCH)))
-    try:
-        exported = torch.export.export(model.build(), args, dynamic_shapes=model.dynamic_shapes(max_batch))
-    except Exception as e:
-        raise one_line_failure("export", e) from e
-    t1 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-    except Exception as e:
-        raise one_line_failure("XNNPACK lowering", e) from e
+    fixed: dict[str, int] = {}
+    fixed_reason = ""
+    for named in ([True, False] if spec.dims else [True]):
+        try:
+            exported = torch.export.export(model.build(), args, dynamic_shapes=model.dynamic_shapes(max_batch, named))
+        except Exception as e:
+            raise one_line_failure("export", e) from e
+        t1 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+            break
+        except Exception as e:
+            if named and spec.dims and "dynamic dimension" in str(e):
+                # XNNPACK's reshape keeps one dynamic dimension: the batch stays dynamic (one program serves
+                # every batch size), the named ones are fixed at their nominal size, and the session refuses
+                # other sizes in words (ShapeUnsupported) rather than giving wrong outputs
+                fixed = spec.nominal_sizes
+                fixed_reason = f"XNNPACK lowering keeps one dynamic dimension ({exporter_cause(e)[:120]})"
+                continue
+            raise one_line_failure("XNNPACK lowering", e) from e
     lowered = edge.exported_program()
     narrowed = _restore_batch_bound(lowered, max_batch)
     delegation = delegation_report(lowered.graph_module)
@@ -189,6 +201,8 @@ def lower(model: ModelHandle, out_dir: Path) -> dict[str, Any]:
     plan = program.executorch_program.execution_plan[0]
     info = {
         "max_batch": _emitted_bound(program, axes) if any(a is not None for a in axes) else 0,
+        "fixed_dims": fixed,
+        "fixed_dims_reason": fixed_reason,
         "declared_max_batch": max_batch,
         "bound_narrowed_by_lowering_to": narrowed,
         "inputs_planned": passthrough,
@@ -226,7 +240,7 @@ def _self_check(model: ModelHandle, path: Path, info: dict[str, Any]) -> float:
     batch = min(SELF_CHECK_BATCH, info["max_batch"] or SELF_CHECK_BATCH)
     inputs = model.example_inputs(batch)
     expected = run_eager(build_model(model.spec, model.seed), model.spec, inputs)
-    runner = ProgramRunner(model, path, info["max_batch"])
+    runner = ProgramRunner(model, path, info["max_batch"], info.get("fixed_dims"), info.get("fixed_dims_reason", ""))
     got = runner(inputs)
     worst = 0.0
     for name, e in expected.items():
@@ -245,7 +259,8 @@ def _self_check(model: ModelHandle, path: Path, info: dict[str, Any]) -> float:
 class ProgramRunner:
     """One loaded Program and its forward Method: its own planned arena, so one caller at a time."""
 
-    def __init__(self, model: ModelHandle, path: Path, max_batch: int) -> None:
+    def __init__(self, model: ModelHandle, path: Path, max_batch: int, fixed: dict[str, int] | None = None,
+                 fixed_reason: str = "") -> None:
         import torch
 
         et = runtime_module()
@@ -257,8 +272,16 @@ class ProgramRunner:
         self.inputs = [(t.name, a) for t, a in zip(model.spec.inputs, _batch_axes(model))]
         self.outputs = list(model.spec.outputs)
         self.max_batch = max_batch
+        # a named dimension the program was lowered with fixed: (input, axis, name, size)
+        self.fixed = [(t.name, i, d, fixed[d]) for t in model.spec.inputs for i, d in enumerate(t.shape)
+                      if isinstance(d, str) and d in (fixed or {})]
+        self.fixed_reason = fixed_reason
 
     def __call__(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        for name, axis, dim, size in self.fixed:
+            if inputs[name].shape[axis] != size:
+                raise ShapeUnsupported(f"this ExecuTorch program was lowered with {dim} fixed at {size}, so it cannot "
+                                       f"take {dim}={inputs[name].shape[axis]}: {self.fixed_reason}")
         args = []
         for name, axis in self.inputs:
             a = inputs[name]
@@ -290,7 +313,8 @@ class ExecuTorchSession(Session):
         # the pybindings hold the GIL while a method executes (measured: two threads with a program
         # each take twice as long as one), and every program holds a resident arena of its own. So
         # one program, and a lock that makes the serialisation explicit.
-        self._runner = ProgramRunner(model, artifacts / PROGRAM_FILE, self.info["max_batch"])
+        self._runner = ProgramRunner(model, artifacts / PROGRAM_FILE, self.info["max_batch"], self.info.get("fixed_dims"),
+                                     self.info.get("fixed_dims_reason", ""))
         self._lock = threading.Lock()
 
     def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
@@ -311,6 +335,8 @@ class ExecuTorchSession(Session):
             "per model": {
                 "xnnpack delegation": info["delegation"]["summary"],
                 "batch bound": str(info["max_batch"]),
+                **({"fixed dimensions": ", ".join(f"{k}={v}" for k, v in info["fixed_dims"].items())
+                    + f" ({info.get('fixed_dims_reason', '')})"} if info.get("fixed_dims") else {}),
                 "planned memory": (f"{info['planned_arena_bytes'] / 2**20:.1f} MiB" if info["planned_arena_bytes"] >= 2**20
                                    else f"{info['planned_arena_bytes'] / 1024:.1f} KiB") + ", reserved at load",
                 "inputs": "copied into the planned arena (an output is an input)" if info["inputs_planned"]

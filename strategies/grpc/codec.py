@@ -311,9 +311,11 @@ def decode(tensors, raw_contents, encoding: str) -> dict[str, np.ndarray]:
 @dataclass(frozen=True)
 class InputCheck:
     specs: tuple[TensorSpec, ...]
+    dims: tuple[tuple[str, int, int], ...] = ()  # a named dimension (seq): name, low, high
 
     def check(self, arrays: dict[str, np.ndarray]) -> None:
-        """Names, dtypes and shapes against the model's spec; the batch dimension must agree."""
+        """Names, dtypes and shapes against the model's spec; the batch dimension must agree, and a named
+        dimension must be one size within its range in every input that has it."""
         want = {t.name: t for t in self.specs}
         missing = sorted(set(want) - set(arrays))
         extra = sorted(set(arrays) - set(want))
@@ -322,6 +324,8 @@ class InputCheck:
                 ([f"missing {missing}"] if missing else []) + ([f"unexpected {extra}"] if extra else []))
                 + f" (model takes {sorted(want)})")
         batch = None
+        ranges = {n: (lo, hi) for n, lo, hi in self.dims}
+        sizes: dict[str, int] = {}
         for name, arr in arrays.items():
             spec = want[name]
             if arr.dtype.name != spec.dtype:
@@ -335,6 +339,12 @@ class InputCheck:
                     if batch is not None and got != batch:
                         raise BadRequest(f"input {name!r}: batch {got} differs from another input's {batch}")
                     batch = got
+                elif isinstance(dim, str):
+                    lo, hi = ranges.get(dim, (1, 0))
+                    if not lo <= got <= hi:
+                        raise BadRequest(f"input {name!r}: {dim}={got} is outside its range {lo}..{hi}")
+                    if sizes.setdefault(dim, got) != got:
+                        raise BadRequest(f"input {name!r}: {dim}={got} differs from another input's {sizes[dim]}")
                 elif got != dim:
                     raise BadRequest(f"input {name!r}: shape {list(arr.shape)} does not fit "
                                      f"{spec.describe().split(':', 1)[1]}")

@@ -63,7 +63,7 @@ class InferenceServicer:
         self.pool, self.max_calls, self.max_inflight_bytes = pool, max_calls, max_inflight_bytes
         self._admit_lock = threading.Lock()
         self._calls = self._inflight = 0
-        self.check = codec.InputCheck(spec.inputs)
+        self.check = codec.InputCheck(spec.inputs, tuple((k, lo, hi) for k, (lo, hi, _) in spec.dims.items()))
         self.order = [t.name for t in spec.inputs]
         self.to_dict = outputs_to_dict
         self._held_modes: list = []
