@@ -211,7 +211,7 @@ class Shapes(Scenario):
         if not reqs:
             return ""
         by: dict[str, list[float]] = {}
-        for p in reqs:
+        for p in sorted(reqs, key=lambda p: p["length"]):
             if p.get("p50_ms") is not None:
                 by.setdefault(p["bucket"], []).append(p["p50_ms"])
         text = "  ".join(f"{d.get('dim') or ''}{b}: {np.median(v):.3g}ms" for b, v in by.items())
@@ -265,6 +265,12 @@ class Shapes(Scenario):
                                                         for b in buckets]
                              + [_ms(float(np.median(firsts))) if firsts else "-", status, errs or "-",
                                 f"{agree:.1%}" if agree is not None else "-"])
+            for r in results:  # the routes of this model with nothing per request to show: say why
+                c = r["cell"]
+                if c["model"] == model and r not in mine and r["status"] != "ok":
+                    table.append([c["strategy"]] + ["-"] * len(buckets)
+                                 + ["-", f"{r['status']}: {(r.get('error') or '').splitlines()[0][:160] if r.get('error') else ''}",
+                                    "-", "-"])
             part.tables.append(PartTable(["strategy"] + [f"{dim} {b}: p50 (p99)" for b in buckets]
                                          + ["first call (new shape)", "outputs", "abs error (max, p99 over requests)",
                                             "argmax agrees"], table,
