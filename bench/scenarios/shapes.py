@@ -255,7 +255,8 @@ class Shapes(Scenario):
                         pts.setdefault(p["length"], []).append(p["p50_ms"] / 1e3)
                 series[r["cell"]["strategy"]] = sorted((float(n), float(np.median(v))) for n, v in pts.items() if n)
                 c = d.get("correctness") or {}
-                errs = "; ".join(f"{k} max {_e(o.get('max_abs'))}, p99 {_e(o.get('p99_abs'))}" for k, o in c.get("outputs", {}).items())
+                errs = "; ".join(f"{k} max {_e(o.get('max_abs'))}, p99 {_e(o.get('p99_abs'))} (rel max {_e(o.get('max_rel'))})"
+                                 for k, o in c.get("outputs", {}).items())
                 agree = c.get("argmax_agreement")
                 firsts = [p["first_ms"] for p in d["requests"] if p["new_shape"]]
                 status = "ok" if r["status"] == "ok" else (
@@ -272,7 +273,7 @@ class Shapes(Scenario):
                                  + ["-", f"{r['status']}: {(r.get('error') or '').splitlines()[0][:160] if r.get('error') else ''}",
                                     "-", "-"])
             part.tables.append(PartTable(["strategy"] + [f"{dim} {b}: p50 (p99)" for b in buckets]
-                                         + ["first call (new shape)", "outputs", "abs error (max, p99 over requests)",
+                                         + ["first call (new shape)", "outputs", "abs error (max, p99 over requests; rel max)",
                                             "argmax agrees"], table,
                                          caption=f"{model}: median latency per {dim} bucket, batch {rs[0]['cell']['batch']}"))
             if any(series.values()):
