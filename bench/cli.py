@@ -365,7 +365,11 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
     t_run = time.perf_counter()
     try:
         outcome = runner.execute()
-        _rematch(runner, run, cfg, args, outcome.ran)
+        try:
+            _rematch(runner, run, cfg, args, outcome.ran)
+        except Exception as e:  # the measured run stands; only the rematch is lost, and said so
+            print(f"warning: the rematch of close leads failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                  "the decision uses the cells' own intervals", file=sys.stderr)
         run.write_meta({**run.meta(), "status": "complete", "finished": time.time()})
         run.write_summary()
         _publish(run, args)
@@ -401,6 +405,7 @@ def _run(args: argparse.Namespace, held: list[RunLock]) -> int:
               f"first calls and warm-up)", file=sys.stderr)
     status = 0
     results = run.load_cells(samples=False)
+    results = [r for r in results if not r.get("part_of")]  # a cell's length buckets share its status
     if args.strict:
         # a route that declared it cannot take some shapes (an artifact its toolchain fixed) measured what it
         # can and said what it cannot: a finding, not a fault of the run
@@ -468,7 +473,10 @@ def _gate(baseline: Any, run: RunDir, cfg: Any, args: argparse.Namespace) -> int
             break
         print(f"re-measuring {len(flagged)} cell(s) that regressed, to confirm (attempt {attempt} of {CONFIRM_ATTEMPTS}): "
               f"{', '.join(flagged)}", file=sys.stderr)
-        cells = [Cell.from_json(c) for c in run.meta()["cells"] if c["id"] in flagged]
+        # a length bucket (a part of a cell) is measured again with its whole cell
+        parent = {r["cell"]["id"]: r.get("part_of") or r["cell"]["id"] for r in run.load_cells(samples=False)}
+        wanted = {parent.get(f, f) for f in flagged}
+        cells = [Cell.from_json(c) for c in run.meta()["cells"] if c["id"] in wanted]
         for c in cells:  # the measurements that regressed are kept beside the run, not lost
             path = run.cell_path(c)
             path.replace(path.with_name(path.stem + (".unconfirmed" if attempt == 1 else f".unconfirmed-{attempt}") + ".json.bak"))

@@ -433,6 +433,11 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
         if (big := spec.input_bytes(max(cfg.batch_sizes))) > MAX_CALL_BYTES:
             raise UserError(f"model {m!r} at batch {max(cfg.batch_sizes)} takes {big / 1024**3:,.1f} GiB of inputs a call, "
                             f"over the cap of {format_size(MAX_CALL_BYTES)}; use smaller batch sizes")
+        largest = {k: hi for k, (_, hi, _) in spec.dims.items()}  # the shapes scenario reaches the top of each range
+        if spec.dims and (big := spec.input_bytes(min(cfg.batch_sizes), largest)) > MAX_CALL_BYTES:
+            raise UserError(f"model {m!r} at {', '.join(f'{k}={v}' for k, v in largest.items())} takes "
+                            f"{big / 1024**3:,.1f} GiB of inputs a call, over the cap of {format_size(MAX_CALL_BYTES)}; "
+                            "narrow the range")
     cfg.threads = _int_list("threads", merged.get("threads", base["threads"]), maximum=MAX_THREADS)
     cfg.concurrency = _int_list("concurrency", merged.get("concurrency", base["concurrency"]), maximum=MAX_THREADS)
     seed = merged.get("seed", 0)

@@ -51,7 +51,7 @@ def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
     if d.get("rematch_rounds") is not None:  # bench.rematch: 0 turns it off
         v = d["rematch_rounds"]
         try:
-            n = int(v) if not isinstance(v, (bool, float)) else -1
+            n = int(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else -1
         except ValueError:
             n = -1
         if not 0 <= n <= 1000 or (n != 0 and n < 3):

@@ -40,7 +40,7 @@ from bench.runner import _child_setup, worker_env
 FILE = "rematch.json"
 DEFAULT_ROUNDS = 10
 TURN_S = 0.1  # each worker's share of a round
-MOST_PER_GROUP = 4  # contenders measured together (the closest to each language's leader)
+MOST_PER_GROUP = 4  # contenders per caller language (its leader and the closest to it) measured together
 READY_TIMEOUT_S = 180.0
 # Student's t at 97.5% by degrees of freedom (1-30); above 30, the normal's 1.96 is within 4%
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -106,7 +106,9 @@ class Group:
     def from_json(cls, d: dict[str, Any]) -> Group:
         return cls(str(d["model"]), int(d["batch"]), int(d["threads"]), str(d.get("malloc", "")),
                    [str(s) for s in d["strategies"]],
-                   [{str(k): float(v) for k, v in r.items() if isinstance(v, (int, float))} for r in d.get("medians_ns", [])],
+                   [{str(k): float(v) for k, v in r.items()  # a hand-edited or broken file: only real times count
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0}
+                    for r in d.get("medians_ns", []) if isinstance(r, dict)],
                    {str(k): str(v) for k, v in (d.get("errors") or {}).items()}, float(d.get("seconds", 0.0)))
 
 
@@ -125,7 +127,7 @@ def contests(results: list[dict[str, Any]], facts: dict[str, dict[str, Any]], ti
     for (model, batch, threads, malloc), rs in sorted(by.items()):
         rs = sorted(rs, key=lambda r: r["latency"]["p50"])
         chosen: dict[str, float] = {}
-        for lang in LANGUAGES:
+        for lang in LANGUAGES:  # each language's leader and its closest rivals, up to ``most`` per language
             mine = [r for r in rs if can_call(facts.get(r["cell"]["strategy"].partition("@")[0], {}), lang)]
             if len(mine) < 2:
                 continue
@@ -135,8 +137,7 @@ def contests(results: list[dict[str, Any]], facts: dict[str, dict[str, Any]], ti
                 for r in [mine[0], *near][:most]:
                     chosen[r["cell"]["strategy"]] = r["latency"]["p50"]
         if len(chosen) >= 2:
-            names = sorted(chosen, key=chosen.__getitem__)[:most]
-            out.append(Group(model, batch, threads, malloc, names))
+            out.append(Group(model, batch, threads, malloc, sorted(chosen, key=chosen.__getitem__)))
     return out
 
 
@@ -170,15 +171,15 @@ class WarmWorker:
 
     def __init__(self, job: dict[str, Any], job_dir: Path, log_path: Path, threads: int, cpus: list[int] | None,
                  malloc: str) -> None:
-        child_reads, parent_writes = os.pipe()
-        parent_reads, child_writes = os.pipe()
         job_dir.mkdir(parents=True, exist_ok=True)
         self.job_file = job_dir / f"{log_path.stem}.job.json"
-        atomic_write_json(self.job_file, {**job, "kind": "warm", "fds": [child_reads, child_writes],
-                                          "out": str(job_dir / f"{log_path.stem}.result.json")})
         self.log_path = log_path
         self._buf = b""
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
         try:
+            atomic_write_json(self.job_file, {**job, "kind": "warm", "fds": [child_reads, child_writes],
+                                              "out": str(job_dir / f"{log_path.stem}.result.json")})
             with open(log_path, "wb") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "bench.worker", str(self.job_file)], stdout=log, stderr=subprocess.STDOUT,
@@ -187,6 +188,7 @@ class WarmWorker:
         except BaseException:
             os.close(parent_writes)
             os.close(parent_reads)
+            self.job_file.unlink(missing_ok=True)
             raise
         finally:
             os.close(child_reads)
@@ -199,7 +201,9 @@ class WarmWorker:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerGone(f"no answer within {timeout_s:.0f}s")
-            ready, _, _ = select.select([self.r], [], [], left)
+            ready, _, _ = select.select([self.r], [], [], min(left, 1.0))
+            if not ready and self.proc.poll() is not None:  # dead, though something it started may hold the pipe
+                raise WorkerGone(f"the worker ended (status {self.proc.returncode}); {self._tail()}")
             if ready:
                 chunk = os.read(self.r, 65536)
                 if not chunk:
@@ -277,20 +281,17 @@ def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S) -
                                         g.malloc or runner.cfg.malloc[0] or allocator.DEFAULT)
             for s, w in list(workers.items()):  # they start together; each answers once it is warm
                 try:
-                    w.read(READY_TIMEOUT_S)
+                    if not w.read(READY_TIMEOUT_S).get("ready"):
+                        raise WorkerGone("its first answer was not 'ready'")
                 except WorkerGone as e:
                     g.errors[s] = f"could not open: {e}"
                     w.close()
                     del workers[s]
-            names = list(workers)
             for r in range(rounds):
                 if len(workers) < 2:
                     break
-                order = names[r % len(names):] + names[:r % len(names)]
                 medians: dict[str, float] = {}
-                for s in order:
-                    if s not in workers:
-                        continue
+                for s in turn_order(list(workers), r):
                     try:
                         medians[s] = float(workers[s].ask({"seconds": turn_s}, 60.0 + 20 * turn_s)["median_ns"])
                     except (WorkerGone, KeyError, TypeError, ValueError) as e:
@@ -305,6 +306,14 @@ def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S) -
         g.seconds = time.monotonic() - t0
         runner.progress.note(f"  {_describe(g)} ({fmt_duration(g.seconds)})")
     return groups
+
+
+def turn_order(names: list[str], r: int) -> list[str]:
+    """Round r's order: rotated every two rounds and reversed on odd ones (A B C, C B A, B C A, A C B, ...), so over
+    the rounds each contender goes before each other as often as after, and drift within a round cancels."""
+    k = (r // 2) % len(names)
+    order = names[k:] + names[:k]
+    return order[::-1] if r % 2 else order
 
 
 def _describe(g: Group) -> str:

@@ -154,9 +154,11 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
 
     # -- warnings ---------------------------------------------------------------------------------
     warnings = []
-    expected = len(meta.get("cells", [])) or len(df_every)
-    if meta.get("status") != "complete" or len(df_every) < expected:
-        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df_every)} of {expected} cells measured "
+    parts = {r["cell"]["id"] for r in results_every if r.get("part_of")}  # a cell's length buckets: rows, not cells
+    df_cells = df_every[~df_every.cell_id.isin(parts)]
+    expected = len(meta.get("cells", [])) or len(df_cells)
+    if meta.get("status") != "complete" or len(df_cells) < expected:
+        warnings.append(f"Run status is **{meta.get('status', '?')}**: {len(df_cells)} of {expected} cells measured "
                         f"(`python -m bench run --resume {run.path}` finishes it).")
     if getattr(run, "unreadable", None):
         warnings.append(f"{len(run.unreadable)} cell file(s) could not be read and are left out: "
@@ -165,9 +167,9 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     for status, what in (("invalid", "gave wrong outputs and are not ranked"), ("error", "failed"),
                          ("skipped", "were skipped"),
                          ("unsupported", "are routes built not to take some of the shapes asked of them (they said so)")):
-        n = int((df_every.status == status).sum())
+        n = int((df_cells.status == status).sum())
         if n:
-            warnings.append(f"{n} cell(s) {what}: {', '.join(df_every[df_every.status == status].cell_id[:6])}"
+            warnings.append(f"{n} cell(s) {what}: {', '.join(df_cells[df_cells.status == status].cell_id[:6])}"
                             + (" ..." if n > 6 else ""))
     noisy = valid[valid.noisy == True]  # noqa: E712
     if len(noisy):
@@ -521,8 +523,8 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M") if started else "?"
     return Report(
         title="PyTorch integration strategies: benchmark report",
-        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_every)} cells "
-                 f"({int(df_every.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
+        subtitle=f"run {run.id} · {when} · {env.get('cpu_model', '?')} · {len(df_cells)} cells "
+                 f"({int(df_cells.valid.sum())} valid) · profile {cfg.get('profile', '?')}",
         warnings=warnings, sections=sections,
         decision=decision_json(blocks, constraints, crossing),
     )
@@ -609,14 +611,15 @@ def _breakdown_per_model(results: list[dict[str, Any]]) -> dict[str, list[tuple[
     """model -> (strategy, phase medians in s, call p50 in s) at the model's smallest batch, single caller."""
     ok = [r for r in results if r.get("phases") and r["status"] == "ok" and r["cell"]["model"] != "identity"
           and r["cell"]["concurrency"] == 1]
-    smallest: dict[str, int] = {}
+    smallest: dict[str, tuple[int, int]] = {}  # model -> (batch, threads), the smallest of each, as the scorecard
     for r in ok:
         m = r["cell"]["model"]
-        smallest[m] = min(smallest.get(m, r["cell"]["batch"]), r["cell"]["batch"])
+        b, t = smallest.get(m, (r["cell"]["batch"], r["cell"]["threads"]))
+        smallest[m] = (min(b, r["cell"]["batch"]), min(t, r["cell"]["threads"]))
     out: dict[str, list[tuple[str, dict[str, float], float]]] = {}
     for r in ok:
         c = r["cell"]
-        if c["batch"] == smallest[c["model"]]:
+        if (c["batch"], c["threads"]) == smallest[c["model"]]:
             out.setdefault(c["model"], []).append((c["strategy"], {k: v["p50"] for k, v in r["phases"].items()},
                                                    r["latency"]["p50"]))
     return {m: sorted(rows, key=lambda x: x[2]) for m, rows in out.items()}

@@ -235,9 +235,12 @@ def _rank(candidates: list[Ranked], group: Any, tie_within: float) -> list[Ranke
     if len(contested) >= 2 and candidates[0] in contested:
         ref = contested[0].strategy
         score = {c.strategy: paired(group.medians, ref, c.strategy) for c in contested[1:]}
-        if all(score.values()):
+        if all(score.values()):  # the rematched routes trade places among the slots they hold; the rest keep theirs
+            slots = [i for i, c in enumerate(candidates) if c in contested]
             contested.sort(key=lambda c: 1.0 if c.strategy == ref else score[c.strategy].ratio)
-            candidates = contested + [c for c in candidates if c not in contested]
+            candidates = list(candidates)
+            for i, c in zip(slots, contested):
+                candidates[i] = c
     first = candidates[0]
     for c in candidates[1:]:
         p = paired(group.medians, first.strategy, c.strategy) if c in contested and first in contested else None

@@ -97,7 +97,7 @@ def test_only_close_leads_a_language_can_choose_between_are_measured_again():
 
 def test_a_worker_that_dies_mid_rematch_loses_only_its_own_figures(tmp_path: Path):
     strategies.discover(["tests.plugins.faulty"])
-    cfg = build_config({"plugins": ["tests.plugins.faulty"], "strategy": {"crash-test": {"after_calls": 4000}}},
+    cfg = build_config({"plugins": ["tests.plugins.faulty"], "strategy": {"crash-test": {"after_s": 1.0}}},
                        {"models": ["mlp"], "strategies": ["torch", "torch-twin-test", "crash-test"], "batch_sizes": [1],
                         "sampling": {"warmup_s": 0.05}}, strategies.names())
     run = RunDir(tmp_path / "r")
@@ -113,3 +113,25 @@ def test_a_worker_that_dies_mid_rematch_loses_only_its_own_figures(tmp_path: Pat
     assert rematch.load(run.path)[("mlp", 1, 1, "")].medians == g.medians
     (run.path / rematch.FILE).write_text("{not json")
     assert rematch.load(run.path) == {}  # a broken file: no rematch, the cells' rule decides
+
+
+def test_a_route_whose_rematch_failed_keeps_its_place_and_the_rounds_are_balanced():
+    # b's worker died: it keeps its p50 slot between a and c rather than falling behind every rematched route
+    g = Group("mlp", 1, 1, "", ["a", "b", "c"], _rounds({"a": 1.0, "c": 1.02}), errors={"b": "died in round 1"})
+    out = _rank([_ranked("a", 0.0400), _ranked("b", 0.0401), _ranked("c", 0.0404)], g, 0.05)
+    assert [r.strategy for r in out] == ["a", "b", "c"] and out[2].paired_ratio is not None
+    # every contender goes before every other as often as after
+    for n in (2, 3, 4):
+        names = ["a", "b", "c", "d"][:n]
+        for x, y in [(x, y) for i, x in enumerate(names) for y in names[i + 1:]]:
+            firsts = sum(rematch.turn_order(names, r).index(x) < rematch.turn_order(names, r).index(y) for r in range(12))
+            assert firsts == 6, (n, x, y, firsts)
+
+
+def test_each_language_keeps_its_own_contest_however_many_routes_are_close_elsewhere():
+    facts = {**{f"py{i}": {"languages": ["python"]} for i in range(5)}, "cs0": {"languages": ["csharp"]},
+             "cs1": {"languages": ["csharp"]}}
+    results = [_cell("mlp", f"py{i}", 1e-3 * (1 + 0.01 * i), 0.99e-3, 1.06e-3) for i in range(5)]
+    results += [_cell("mlp", "cs0", 2e-3, 1.99e-3, 2.01e-3), _cell("mlp", "cs1", 2.02e-3, 2.0e-3, 2.04e-3)]
+    [g] = contests(results, facts, 0.05)
+    assert {"cs0", "cs1"} <= set(g.strategies) and len([s for s in g.strategies if s.startswith("py")]) == 4

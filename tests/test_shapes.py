@@ -152,5 +152,18 @@ def test_a_bad_request_file_is_one_line_and_exit_2_before_any_cell_runs(tmp_path
 def test_a_pickled_request_is_refused_unread(tmp_path: Path):
     folder = tmp_path / "requests"
     _write(folder, "p.npz", input_ids=np.array([{"a": 1}], dtype=object), attention_mask=np.ones((1, 8), np.int64))
-    with pytest.raises(Exception, match="not a readable .npz of plain arrays"):
+    with pytest.raises(Exception, match="holds Python objects .refused: nothing is unpickled."):
         load_request(folder / "p.npz", BUILTIN_MODELS["transformer"])
+
+
+def test_a_request_claiming_terabytes_is_refused_from_its_header(tmp_path: Path):
+    """A 250-byte file whose .npy header declares a [1, 2**40] array: refused before anything is allocated."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<i8", "fortran_order": False, "shape": (1, 2**40)})
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("input_ids.npy", head.getvalue())
+    with pytest.raises(Exception, match=r"declares shape \[1, 1099511627776\], more than 256 MiB"):
+        load_request(tmp_path / "big.npz", BUILTIN_MODELS["transformer"])

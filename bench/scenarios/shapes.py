@@ -79,15 +79,25 @@ class Shapes(Scenario):
 
     def _models(self, cfg: Any, options: dict[str, Any]) -> list[tuple[str, int, str]]:
         """(model, batch, point) per model this scenario measures."""
-        from fixtures.requests import replayed
+        from fixtures.requests import replayed, request_files, request_names
 
         out = []
+        if options.get("inputs"):
+            # the recorded requests are for the models whose input names they carry (the first file says which);
+            # for those, every file is checked here: a bad one stops the run before it starts
+            folder = Path(options["inputs"])
+            first = request_names(request_files(folder)[0])
+            mine = [n for n in cfg.models if {t.name for t in cfg.model_spec(n).inputs} == first] or cfg.models[:1]
+            if len(cfg.models) > 1 and not [n for n in cfg.models if {t.name for t in cfg.model_spec(n).inputs} == first]:
+                raise UserError(f"--inputs {folder}: its requests carry {sorted(first)}, the inputs of none of the run's "
+                                f"models ({', '.join(cfg.models)}); pick the model with --models")
+            for name in mine:
+                reqs = replayed(folder, cfg.model_spec(name))
+                out.append((name, int(reqs[0][0]["batch"]), "replay"))
+            return out
         for name in cfg.models:
             spec = cfg.model_spec(name)
-            if options.get("inputs"):
-                reqs = replayed(Path(options["inputs"]), spec)  # every file checked here: bad ones stop the run before it starts
-                out.append((name, int(reqs[0][0]["batch"]), "replay"))
-            elif spec.dims:
+            if spec.dims:
                 out.append((name, min(cfg.batch_sizes) if cfg.batch_sizes else 1, str(options["lengths"])))
         return out
 

@@ -18,14 +18,19 @@ class _KillsItself(Session):
     """Runs the real model, then SIGKILLs its own process on the 3rd call (or [strategy.crash-test]
     after_calls), as a segfaulting runtime would."""
 
-    def __init__(self, model: ModelHandle, threads: int, after: int = 3) -> None:
+    def __init__(self, model: ModelHandle, threads: int, after: int = 3, after_s: float = 0.0) -> None:
+        import time
+
         self.inner = TorchSession(model, threads)
         self.calls = 0
         self.after = after
+        self.deadline = time.monotonic() + after_s if after_s else None
 
     def run(self, inputs: Arrays) -> dict[str, np.ndarray]:
+        import time
+
         self.calls += 1
-        if self.calls == self.after:
+        if self.calls == self.after if self.deadline is None else time.monotonic() > self.deadline:
             os.kill(os.getpid(), signal.SIGKILL)
         return self.inner.run(inputs)
 
@@ -40,11 +45,13 @@ class _Wrong(TorchSession):
 @register
 class CrashTest(Strategy):
     name = "crash-test"
-    summary = "test only: kills its own worker process on the third call ([strategy.crash-test] after_calls)"
-    settings_keys = ("after_calls",)
+    summary = ("test only: kills its own worker process on the third call ([strategy.crash-test] after_calls), or on "
+               "the first call after_s seconds after it opened")
+    settings_keys = ("after_calls", "after_s")
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
-        return _KillsItself(model, options.threads, int(options.settings.get("after_calls", 3)))
+        return _KillsItself(model, options.threads, int(options.settings.get("after_calls", 3)),
+                            float(options.settings.get("after_s", 0.0)))
 
 
 @register
