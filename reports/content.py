@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench import allocator, rematch
+from bench.constraints import can_call
 from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import crossovers, plots, scorecard
@@ -580,7 +581,7 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
                                 title="At a glance: the fastest route each language can call (next: the runner-up's time)"))
     for b in blocks:
         who = LANGUAGE_NAMES[b.caller]
-        cannot = sorted(n for n, f in facts.items() if f is not None and _cannot(f, b.caller))
+        cannot = sorted(n for n, f in facts.items() if f is not None and not can_call(f, b.caller))
         rows = []
         for c in b.cells:
             ranked = "; ".join(("= " if r.tie_with_first else "") + f"{r.strategy} {fmt_ms(r.p50_ms)}"
@@ -590,7 +591,7 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
                                + (f" [{r.max_rps:,.0f}/s within the p99 budget]" if r.max_rps else "")
                                + (f" [{r.note}]" if r.note else "") for r in c.eligible) or "-"
             other = [f"{s}: {why}" for s, why in c.excluded
-                     if not _cannot(facts.get(s.partition("@")[0]) or {}, b.caller) and why != NOT_MEASURED]
+                     if can_call(facts.get(s.partition("@")[0]) or {}, b.caller) and why != NOT_MEASURED]
             rows.append([c.model, str(c.batch), str(c.threads)] + ([c.malloc] if policies else [])
                         + [ranked, "; ".join(other) or "-"])
             if len(c.leaders) > 1 or any(r.paired_ratio for r in c.eligible):  # what needs words: ties, rematches
@@ -669,7 +670,3 @@ def _capacity(results: list[dict[str, Any]]) -> dict[tuple[str, int, int, str, s
             out[key] = Capacity(d["max_rps"], d["budget_s"] * 1e3, bool(d.get("capped")))
     return out
 
-
-def _cannot(f: dict[str, Any], caller: str) -> bool:
-    langs = f.get("languages") or ["python"]
-    return caller not in langs and "any" not in langs
