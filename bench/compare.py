@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from bench import allocator
+from bench import allocator, record
+from bench.record import CellResult, Status
 from bench.results import RunDir
 
 DEFAULT_THRESHOLD = 0.10
@@ -120,24 +122,35 @@ def _verdict(ratio_lo: float, ratio_hi: float, p: float, better: str, threshold:
     return "unchanged"
 
 
-def compare_cells(base_cells: list[dict[str, Any]], new_cells: list[dict[str, Any]], threshold: float = DEFAULT_THRESHOLD,
+def _valid(results: Iterable[CellResult]) -> dict[str, CellResult]:
+    """The rows (cells and their parts, each apart) measured validly, with samples to compare, by id."""
+    return {r.id: r for r in record.with_parts(results) if r.ok and r.samples_ns}
+
+
+def _bare(r: CellResult) -> CellResult:
+    """A row without the parts inside it: its parts are rows of their own here, compared apart."""
+    return replace(r, parts=[]) if r.parts else r
+
+
+def compare_cells(base_cells: Iterable[CellResult], new_cells: Iterable[CellResult], threshold: float = DEFAULT_THRESHOLD,
                   alpha: float = DEFAULT_ALPHA, concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD,
                   ) -> tuple[list[Change], list[str], list[str]]:
-    """Every cell's latency samples, then the figures its scenario names (``Scenario.metrics``)."""
+    """Every cell's latency samples, then the figures its scenario names (``Scenario.metrics``). A cell's
+    parts (length buckets) are judged apart, each under its own id (``bench.record.rows``)."""
     from bench import scenarios
-    from bench.results import Cell, summary_frame
+    from bench.results import summary_frame
 
-    valid_base = {r["cell"]["id"]: r for r in base_cells if r["status"] == "ok" and r.get("samples_ns")}
-    valid_new = {r["cell"]["id"]: r for r in new_cells if r["status"] == "ok" and r.get("samples_ns")}
+    valid_base, valid_new = _valid(base_cells), _valid(new_cells)
     common = sorted(set(valid_base) & set(valid_new))
-    frames = [summary_frame([v[c] for c in common]).set_index("cell_id") if common else None for v in (valid_base, valid_new)]
+    frames = [summary_frame([_bare(v[c]) for c in common]).set_index("cell_id") if common else None
+              for v in (valid_base, valid_new)]
     rng = np.random.default_rng(0)
     changes: list[Change] = []
     for cid in common:
         b, n = valid_base[cid], valid_new[cid]
-        scenario = scenarios.lookup(Cell.from_json(b["cell"]).scenario)
-        a = np.asarray(b["samples_ns"], dtype=np.float64)
-        c = np.asarray(n["samples_ns"], dtype=np.float64)
+        scenario = scenarios.lookup(b.cell.scenario)
+        a = np.asarray(b.samples_ns, dtype=np.float64)
+        c = np.asarray(n.samples_ns, dtype=np.float64)
         ma, mc = float(np.median(a)), float(np.median(c))
         lo, hi = ratio_ci(a, c, rng)
         p = mann_whitney_p(a, c)
@@ -184,18 +197,18 @@ def environment_warnings(base_env: dict[str, Any], new_env: dict[str, Any]) -> l
     return list(dict.fromkeys(out))
 
 
-def _keyed(cells: list[dict[str, Any]], policies: list[str], qualify: bool) -> list[dict[str, Any]]:
+def _keyed(cells: Iterable[CellResult], policies: list[str], qualify: bool) -> list[CellResult]:
     """Cells keyed for comparison: as recorded, or, when either run compared several allocators, each
     id ending in the policy the cell ran (a one-policy run's cells ran the run's policy), so a run
     under `default` compares with the `default` cells of a run that also measured `jemalloc`."""
     if not qualify:
-        return cells
+        return list(cells)
     out = []
     for r in cells:
-        cell = r["cell"]
-        if not cell.get("malloc"):
-            cell = {**cell, "malloc": policies[0], "id": f"{cell['id']}/{policies[0]}"}
-        out.append({**r, "cell": cell})
+        if not r.cell.malloc:  # a part row given here names its cell's keyed id
+            r = replace(r, cell=replace(r.cell, malloc=policies[0]),
+                        part_of=f"{r.part_of}/{policies[0]}" if r.part_of else "")
+        out.append(r)
     return out
 
 
@@ -211,11 +224,12 @@ def compare_runs(base: RunDir, new: RunDir, threshold: float = DEFAULT_THRESHOLD
     qualify = len(bm) > 1 or len(nm) > 1  # a run that compared allocators names the policy in its ids
     base_cells, new_cells = _keyed(base.load_cells(), bm, qualify), _keyed(new.load_cells(), nm, qualify)  # read once each
     changes, only_base, only_new = compare_cells(base_cells, new_cells, threshold, alpha, concurrent_threshold)
-    new_status = {r["cell"]["id"]: r["status"] for r in new_cells}
-    broken = [c for c in only_base if new_status.get(c) in ("error", "invalid", "unsupported")]  # unsupported: a capability lost
+    # by row: a cell and each of its parts (a length bucket) are judged apart
+    new_status = {r.id: r.status for r in record.with_parts(new_cells)}
+    broken = [c for c in only_base if new_status.get(c) in (Status.ERROR, Status.INVALID, Status.UNSUPPORTED)]  # unsupported: a capability lost
     only_base = [c for c in only_base if c not in broken]
-    base_status = {r["cell"]["id"]: r["status"] for r in base_cells}
-    fixed = [c for c in only_new if base_status.get(c) in ("error", "invalid", "skipped", "unsupported")]  # the base measured them
+    base_status = {r.id: r.status for r in record.with_parts(base_cells)}
+    fixed = [c for c in only_new if base_status.get(c) in (Status.ERROR, Status.INVALID, Status.SKIPPED, Status.UNSUPPORTED)]  # the base measured them
     only_new = [c for c in only_new if c not in fixed]
     cmp = Comparison(base.id, new.id, threshold, alpha, concurrent_threshold, changes, only_base, only_new, broken,
                      partial_baseline=partial_baseline, fixed=fixed)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import re
 import tomllib
@@ -46,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import allocator
-from bench.errors import UserError
 from bench.measure import SamplingConfig
 from fixtures.builtin import BUILTIN_MODELS, IDENTITY_ROW_BYTES
+from fixtures.custom import make_custom_model
 from fixtures.specs import ModelSpec, TensorSpec, parse_input_spec, split_dims
+from plumbing.checks import finite_number, name_list
+from plumbing.errors import UserError
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {
@@ -220,12 +221,6 @@ def _int_list(key: str, value: Any, minimum: int = 1, maximum: int | None = None
     return sorted(set(value))
 
 
-def _finite(x: Any) -> bool:
-    """A real number: an int (not a bool) within 64 bits, as TOML has them, or a finite float."""
-    return (isinstance(x, int) and not isinstance(x, bool) and abs(x) < 2**63
-            or isinstance(x, float) and math.isfinite(x))
-
-
 def _compact(cpus: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5'"""
     out: list[str] = []
@@ -264,14 +259,6 @@ def parse_cpus(value: Any) -> list[int]:
     return sorted(set(value))
 
 
-def _str_list(key: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(f"{key} must be a list of names, got {value!r}")
-    return list(dict.fromkeys(value))
-
-
 def _model_from_table(t: Any) -> ModelSpec:
     if not isinstance(t, dict):
         raise UserError(f"[[model]] entries must be tables, got {t!r}")
@@ -308,25 +295,6 @@ def _input_from_table(model: Any, i: Any) -> TensorSpec:
     return TensorSpec(**{**i, "shape": tuple(i["shape"])})
 
 
-def make_custom_model(name: str, factory: str, inputs: tuple[TensorSpec, ...], outputs: Any = (),
-                      atol: Any = 1e-4, rtol: Any = 1e-3, description: str = "",
-                      dims: dict[str, Any] | None = None) -> ModelSpec:
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name):
-        raise UserError(f"model name {name!r} may hold only letters, digits, '_', '-' and '.'")
-    if name in BUILTIN_MODELS:
-        raise UserError(f"model name {name!r} is a built-in model; choose another name")
-    if not all(_finite(x) and x >= 0 for x in (atol, rtol)):
-        raise UserError(f"model {name!r}: atol and rtol must be finite non-negative numbers, got {atol!r} and {rtol!r}")
-    if not any("batch" in t.shape for t in inputs):
-        raise UserError(f"model {name!r}: no input has a 'batch' dimension")
-    if not isinstance(description, str):
-        raise UserError(f"model {name!r}: description must be a string, got {description!r}")
-    if isinstance(outputs, tuple):
-        outputs = list(outputs)
-    return ModelSpec(name, factory, inputs, tuple(_str_list("outputs", outputs)), float(atol), float(rtol),
-                     description or f"user model from {factory}", dims=dict(dims or {}))
-
-
 def load_config_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
@@ -348,7 +316,7 @@ def _sampling_value(k: str, v: Any) -> float | int:
     minimum, inclusive, count = _SAMPLING_RULES.get(k, (0.0, True, False))
     kind = "an integer" if count else "a finite number"
     name = f"sampling.{k}" + (f" ({SAMPLING_FLAGS[k]})" if k in SAMPLING_FLAGS else "")
-    if not _finite(v):
+    if not finite_number(v):
         raise UserError(f"{name} must be {kind}, got {v!r}")
     if count and v != int(v):
         raise UserError(f"{name} must be an integer, got {v!r}")
@@ -374,7 +342,7 @@ def _scenarios(cfg: RunConfig, file_data: dict[str, Any], merged: dict[str, Any]
     from bench import scenarios
 
     scenarios.discover(cfg.plugins)
-    cfg.scenarios = _str_list("scenarios", merged.get("scenarios", base.get("scenarios", list(DEFAULT_SCENARIOS))))
+    cfg.scenarios = name_list("scenarios", merged.get("scenarios", base.get("scenarios", list(DEFAULT_SCENARIOS))))
     if not cfg.scenarios:
         raise UserError(f"scenarios must name at least one of {', '.join(scenarios.names())}")
     for name in cfg.scenarios:
@@ -414,14 +382,14 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
 
     known_models = {**BUILTIN_MODELS, **cfg.custom_models}
     default_models = list(cfg.custom_models) if cfg.custom_models else base["models"]
-    cfg.models = _str_list("models", merged.get("models", default_models))
+    cfg.models = name_list("models", merged.get("models", default_models))
     for m in cfg.models:
         if m not in known_models:
             raise UserError(f"unknown model {m!r}; available: {', '.join(known_models)}")
 
     import strategies
 
-    cfg.strategies = _str_list("strategies", merged.get("strategies", available_strategies))
+    cfg.strategies = name_list("strategies", merged.get("strategies", available_strategies))
     for s in cfg.strategies:
         if "@" in s and s.partition("@")[0] in available_strategies:
             strategies.get(s)  # a known strategy with an unknown variant: its error names the variants
@@ -444,12 +412,12 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
     cfg.seed = seed
-    cfg.plugins = _str_list("plugins", merged.get("plugins", []))
+    cfg.plugins = name_list("plugins", merged.get("plugins", []))
     _scenarios(cfg, file_data, merged, overrides, base)
     cfg.cpus = parse_cpus(merged["cpus"]) if merged.get("cpus") not in (None, "", []) else []
     if cfg.cpus and max(cfg.threads) > len(cfg.cpus):
         raise UserError(f"threads {max(cfg.threads)} need at least that many CPUs, but cpus lists {len(cfg.cpus)}: {cfg.cpus}")
-    cfg.malloc = _str_list("malloc", merged.get("malloc") or [allocator.DEFAULT])
+    cfg.malloc = name_list("malloc", merged.get("malloc") or [allocator.DEFAULT])
     if not cfg.malloc:
         raise UserError(f"malloc must name at least one of {', '.join(allocator.POLICIES)}")
     for policy in cfg.malloc:
@@ -471,7 +439,7 @@ def build_config(file_data: dict[str, Any], overrides: dict[str, Any], available
     if not isinstance(sizes, list):
         raise UserError(f"payload sizes must be a list, got {sizes!r}")
     cfg.payload_sizes = sorted({parse_size(s) for s in sizes})
-    cfg.payload_strategies = _str_list("payload_sweep.strategies", sweep.get("strategies", cfg.strategies))
+    cfg.payload_strategies = name_list("payload_sweep.strategies", sweep.get("strategies", cfg.strategies))
     for s in cfg.payload_strategies:
         if not strategies.known(s, available_strategies):
             raise UserError(f"unknown strategy {s!r} in [payload_sweep]; available: {', '.join(available_strategies)}")

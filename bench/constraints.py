@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.errors import UserError
+from plumbing.errors import UserError
 
 LANGUAGES = ("python", "csharp", "cpp")
 DEFAULT_TIE_WITHIN = 0.05

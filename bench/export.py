@@ -3,6 +3,8 @@
 - pytest-benchmark's JSON (``pytest-benchmark compare`` reads it, and ``--benchmark-compare`` can use
   it as a saved run): one benchmark per cell, stats in seconds from the raw samples;
 - github-action-benchmark's ``customSmallerIsBetter``: one entry per cell, p50 in µs.
+
+A cell's parts (a length bucket of the shapes scenario) are listed as cells of their own (``bench.record.rows``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.record import with_parts
 from bench.results import RunDir
 from bench.scenarios import LEGACY
+
+PARAMS = ("scenario", "point", "model", "strategy", "batch", "threads", "concurrency", "malloc")
 
 
 def _stats(samples_ns: list[int]) -> dict[str, Any]:
@@ -45,22 +50,22 @@ def to_pytest_benchmark(run: RunDir) -> dict[str, Any]:
     env = meta.get("environment", {})
     git = env.get("git") or {}
     benchmarks = []
-    for r in run.load_cells():
-        if r["status"] != "ok" or not r.get("samples_ns"):
+    for r in with_parts(run.load_cells()):
+        if not r.ok or not r.samples_ns:
             continue
-        c = r["cell"]
+        c = r.cell
         benchmarks.append({
-            "group": f"{c['model']} b{c['batch']} t{c['threads']} c{c['concurrency']}" + (f" {c['malloc']}" if c.get("malloc") else "")
-                     + (f" {c['scenario']}" + (f"@{c['point']}" if c.get("point") else "") if c["scenario"] not in LEGACY else ""),
-            "name": c["id"], "fullname": f"interop-bench::{c['id']}",
-            "params": {k: c[k] for k in ("scenario", "point", "model", "strategy", "batch", "threads", "concurrency", "malloc") if k in c},
-            "param": c["id"], "extra_info": {"throughput_samples_per_s": (r.get("throughput") or {}).get("samples_per_s"),
-                                             "cold_start_s": r.get("cold_start_s"),
-                                             "cpu_s_per_inference": (r.get("cpu") or {}).get("s_per_inference"),
-                                             **(r.get("figures") or {})},
+            "group": f"{c.model} b{c.batch} t{c.threads} c{c.concurrency}" + (f" {c.malloc}" if c.malloc else "")
+                     + (f" {c.scenario}" + (f"@{c.point}" if c.point else "") if c.scenario not in LEGACY else ""),
+            "name": c.id, "fullname": f"interop-bench::{c.id}",
+            "params": {k: getattr(c, k) for k in PARAMS},
+            "param": c.id, "extra_info": {"throughput_samples_per_s": r.samples_per_s,
+                                          "cold_start_s": r.cold_start_s,
+                                          "cpu_s_per_inference": r.cpu.s_per_inference if r.cpu else None,
+                                          **r.figures},
             "options": {"disable_gc": False, "timer": "perf_counter_ns", "min_rounds": 1, "max_time": None,
                         "min_time": None, "precision": None, "confidence": None, "warmup": True},
-            "stats": _stats(r["samples_ns"]),
+            "stats": _stats(r.samples_ns),
         })
     return {
         "machine_info": {"node": env.get("hostname", ""), "processor": env.get("cpu_model", ""),
@@ -78,14 +83,14 @@ def to_pytest_benchmark(run: RunDir) -> dict[str, Any]:
 
 def to_github_action(run: RunDir) -> list[dict[str, Any]]:
     out = []
-    for r in run.load_cells(samples=False):
-        if r["status"] != "ok" or not r.get("latency"):
+    for r in with_parts(run.load_cells(samples=False)):
+        lat = r.latency
+        if not r.ok or lat is None:
             continue
-        lat = r["latency"]
-        entry = {"name": f"{r['cell']['id']} p50", "unit": "us", "value": round(lat["p50"] * 1e6, 3)}
-        if lat.get("ci_low") is not None and lat.get("ci_high") is not None:
-            entry["range"] = f"± {(lat['ci_high'] - lat['ci_low']) * 1e6 / 2:.3f}"
-        p99 = f"p99 {lat['p99'] * 1e6:.1f} us" if lat.get("p99") is not None else "p99 not estimable"
-        entry["extra"] = f"{p99}; {lat['n']} samples"
+        entry = {"name": f"{r.id} p50", "unit": "us", "value": round(lat.p50 * 1e6, 3)}
+        if lat.ci_low is not None and lat.ci_high is not None:
+            entry["range"] = f"± {(lat.ci_high - lat.ci_low) * 1e6 / 2:.3f}"
+        p99 = f"p99 {lat.p99 * 1e6:.1f} us" if lat.p99 is not None else "p99 not estimable"
+        entry["extra"] = f"{p99}; {lat.n} samples"
         out.append(entry)
     return out

@@ -5,7 +5,15 @@ An SQLite file by default (``results/history.sqlite``, no server), or PostgreSQL
 the SQL below is written once, with ``?`` placeholders that the PostgreSQL adapter rewrites.
 
 A run stored here reads back as a ``HistoryRun``, which offers what a results folder offers to
-``bench compare`` and the trend page: ``id``, ``meta()`` and ``load_cells()``.
+``bench compare`` and the trend page: ``id``, ``meta()`` and ``load_cells()`` (``bench.record.CellResult``s,
+a cell's parts inside it).
+
+The ``cells`` table holds one row per row of ``bench.record.rows``: a cell's row carries its whole record
+(its parts inside), and each of its parts (a length bucket) has a row of its own, its JSON marked with
+``part_of`` (the cell's id), so SQL on ``cell_id`` and ``p50_s`` finds every bucket as it always has and a
+release that reads parts only from their own rows still reads them. Stores written before the typed record
+hold a cell's row without its parts beside those part rows: reading puts them back inside the cell
+(``bench.record.attach_parts``); a cell row that holds its parts keeps them, and its part rows are dropped.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError
-from bench.results import RunDir, dumps
+from bench.record import CellResult, attach_parts, with_parts
+from bench.results import RunDir
+from plumbing.errors import UserError
+from plumbing.files import dumps
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS runs (
@@ -151,13 +161,12 @@ class History:
                    (run_id, meta.get("started"), status, git.get("branch"), git.get("commit"),
                     f"{env.get('hostname', '')} ({env.get('cpu_model', '')}, {env.get('logical_cores', '')} cores)",
                     dumps(meta, indent=None)))
-        for r in cells:
-            c = r["cell"]
+        for r in with_parts(cells):
+            c = r.cell
             self._exec("INSERT INTO cells (run_id, cell_id, model, strategy, batch, threads, concurrency, status, "
                        "p50_s, throughput_sps, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, c["id"], c["model"], c["strategy"], c["batch"], c["threads"], c["concurrency"],
-                        r["status"], (r.get("latency") or {}).get("p50"),
-                        (r.get("throughput") or {}).get("samples_per_s"), dumps(r, indent=None)))
+                       (run_id, c.id, c.model, c.strategy, c.batch, c.threads, c.concurrency,
+                        str(r.status), r.p50, r.samples_per_s, dumps(_stored(r), indent=None)))
         self.conn.commit()
         return len(cells)
 
@@ -221,14 +230,32 @@ class History:
                 return found
         return None
 
-    def cells(self, run_id: str, samples: bool = True) -> list[dict[str, Any]]:
+    def cells(self, run_id: str, samples: bool = True, unreadable: list[str] | None = None) -> list[CellResult]:
+        """The cells of one record, each with its parts inside it (as ``RunDir.load_cells``). A row that is
+        not a cell result is skipped, and named in ``unreadable`` if given."""
+        return attach_parts(self._rows(run_id, samples, unreadable))
+
+    def _rows(self, run_id: str, samples: bool = True, unreadable: list[str] | None = None) -> list[CellResult]:
+        """Every stored row of one record, as stored: cells, and parts marked ``part_of``."""
         out = []
-        for (text,) in self._exec("SELECT result_json FROM cells WHERE run_id = ? ORDER BY cell_id", (run_id,)).fetchall():
-            r = json.loads(text)
-            if not samples:
-                r.pop("samples_ns", None)
-            out.append(r)
+        for cell_id, text in self._exec("SELECT cell_id, result_json FROM cells WHERE run_id = ? ORDER BY cell_id",
+                                        (run_id,)).fetchall():
+            try:
+                r = CellResult.from_json(json.loads(text))
+            except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+                if unreadable is not None:
+                    unreadable.append(f"{run_id}: {cell_id} ({type(e).__name__})")
+                continue
+            out.append(r if samples else r.without_samples())
         return out
+
+
+def _stored(r: CellResult) -> dict[str, Any]:
+    """A row's JSON in the store: the record, a part's marked with the cell it is a part of."""
+    d = r.to_json()
+    if r.part_of:
+        d["part_of"] = r.part_of
+    return d
 
 
 class HistoryRun:
@@ -244,8 +271,11 @@ class HistoryRun:
     def meta(self) -> dict[str, Any]:
         return self._meta
 
-    def load_cells(self, samples: bool = True) -> list[dict[str, Any]]:
-        return [r for key in self.records for r in self.history.cells(key, samples)]
+    def load_cells(self, samples: bool = True) -> list[CellResult]:
+        """Every readable cell of the run (of each of its shards' records), its parts inside it, as
+        ``RunDir.load_cells`` gives them; rows that are not cell results are named in ``self.unreadable``."""
+        self.unreadable: list[str] = []
+        return [r for key in self.records for r in self.history.cells(key, samples, self.unreadable)]
 
 
 def _redact(url: str) -> str:

@@ -9,8 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
-from bench.errors import UserError
 from bench.results import RunDir
+from plumbing.errors import UserError
 
 
 def merge_runs(shards: list[RunDir], dest: RunDir) -> tuple[int, int, list[str]]:

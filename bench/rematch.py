@@ -32,10 +32,11 @@ import numpy as np
 
 from bench import allocator
 from bench.constraints import LANGUAGES, can_call
-from bench.errors import UserError
-from bench.processes import kill_group
-from bench.results import Cell, atomic_write_json
-from bench.runner import _child_setup, worker_env
+from bench.record import Cell, CellResult
+from bench.runner import PrepareFailed, _child_setup, worker_env
+from plumbing.errors import UserError
+from plumbing.files import atomic_write_json
+from plumbing.processes import kill_group
 
 FILE = "rematch.json"
 DEFAULT_ROUNDS = 10
@@ -112,41 +113,32 @@ class Group:
                    {str(k): str(v) for k, v in (d.get("errors") or {}).items()}, float(d.get("seconds", 0.0)))
 
 
-def contests(results: list[dict[str, Any]], facts: dict[str, dict[str, Any]], tie_within: float,
+def contests(results: list[CellResult], facts: dict[str, dict[str, Any]], tie_within: float,
              most: int = MOST_PER_GROUP) -> list[Group]:
     """The groups worth a rematch: single-caller latency cells where, for some caller language, the
     leader among the valid routes it can call is close to another (``close_to``)."""
-    by: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
+    by: dict[tuple[str, int, int, str], list[CellResult]] = {}
     for r in results:
-        c = r["cell"]
-        if r.get("status") != "ok" or c.get("scenario", "latency") != "latency" or c["concurrency"] != 1 \
-                or not (r.get("latency") or {}).get("p50"):
+        c = r.cell
+        if not r.ok or c.scenario != "latency" or c.concurrency != 1 or not r.p50:
             continue
-        by.setdefault((c["model"], c["batch"], c["threads"], c.get("malloc", "")), []).append(r)
+        by.setdefault((c.model, c.batch, c.threads, c.malloc), []).append(r)
     out = []
     for (model, batch, threads, malloc), rs in sorted(by.items()):
-        rs = sorted(rs, key=lambda r: r["latency"]["p50"])
+        rs = sorted(rs, key=lambda r: r.p50)
         chosen: dict[str, float] = {}
         for lang in LANGUAGES:  # each language's leader and its closest rivals, up to ``most`` per language
-            mine = [r for r in rs if can_call(facts.get(r["cell"]["strategy"].partition("@")[0], {}), lang)]
+            mine = [r for r in rs if can_call(facts.get(r.cell.strategy.partition("@")[0], {}), lang)]
             if len(mine) < 2:
                 continue
-            lead = mine[0]["latency"]
-            near = [r for r in mine[1:] if close_to(lead["p50"], _hi(lead), r["latency"]["p50"], _lo(r["latency"]), tie_within)]
+            lead = mine[0].latency
+            near = [r for r in mine[1:] if close_to(lead.p50, lead.ci_high, r.latency.p50, r.latency.ci_low, tie_within)]
             if near:
                 for r in [mine[0], *near][:most]:
-                    chosen[r["cell"]["strategy"]] = r["latency"]["p50"]
+                    chosen[r.cell.strategy] = r.latency.p50
         if len(chosen) >= 2:
             out.append(Group(model, batch, threads, malloc, sorted(chosen, key=chosen.__getitem__)))
     return out
-
-
-def _lo(lat: dict[str, Any]) -> float | None:
-    return lat.get("ci_low")
-
-
-def _hi(lat: dict[str, Any]) -> float | None:
-    return lat.get("ci_high")
 
 
 def load(run_path: Path) -> dict[tuple[str, int, int, str], Group]:
@@ -272,8 +264,8 @@ def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S) -
             for s in g.strategies:
                 strategy = strategies.get(s)
                 prep = runner.prepare(strategy, state) if strategy.needs_artifacts else None
-                if prep and prep.get("error"):
-                    g.errors[s] = str(prep["error"])[:300]
+                if isinstance(prep, PrepareFailed):
+                    g.errors[s] = prep.error[:300]
                     continue
                 cell = Cell(g.model, s, g.batch, g.threads, 1, g.malloc)
                 workers[s] = WarmWorker(runner.cell_job(cell, state, prep), runner.work,

@@ -14,19 +14,21 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import strategies
 from bench import allocator
-from bench.cache import default_cache_dir, reference_path, sweep_stale, sweep_temp
 from bench.config import RunConfig
-from bench.errors import UserError
-from bench.processes import die_with_parent, kill_group
 from bench.progress import Progress, fmt_duration
-from bench.results import EX_CANNOT_WRITE, Cell, RunDir, atomic_write_json
+from bench.record import Cell, CellResult, Prepare, Status
+from bench.results import RunDir
 from fixtures.specs import ModelSpec
+from plumbing.cache import default_cache_dir, reference_path, sweep_stale, sweep_temp
+from plumbing.errors import UserError
+from plumbing.files import EX_CANNOT_WRITE, atomic_write_json
+from plumbing.processes import die_with_parent, kill_group
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_ALLOWANCE_S = 180.0  # imports, runtime start, server start, first call
@@ -144,6 +146,18 @@ class ModelState:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    info: Prepare  # what the cell's record keeps of it
+    artifacts: str  # the folder its sessions open
+
+
+@dataclass(frozen=True)
+class PrepareFailed:
+    error: str
+    traceback: str = ""
+
+
 @dataclass
 class RunOutcome:
     run: RunDir
@@ -187,8 +201,6 @@ class Runner:
         self.run_dir.write_meta({**meta, "load_generator": out})
         return out
 
-    def _result(self, cell: Cell, status: str, **fields: Any) -> dict[str, Any]:
-        return {"cell": cell.to_json(), "status": status, **fields}
 
     # -- phases ---------------------------------------------------------------------------------
     def probe(self, names: list[str]) -> dict[str, ModelState]:
@@ -225,47 +237,48 @@ class Runner:
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         return self.cache / "artifacts" / strategy.name / f"{model.spec.name}-{digest}"
 
-    def prepare(self, strategy: strategies.Strategy, model: ModelState) -> dict[str, Any]:
+    def prepare(self, strategy: strategies.Strategy, model: ModelState) -> Prepared | PrepareFailed:
+        """The route's artifacts for ``model``: from the cache, or built now in a worker of their own."""
         final = self.artifact_dir(strategy, model)
         done = final / "DONE.json"
         if done.exists():
-            return {"cache_hit": True, "seconds": 0.0, "built_seconds": json.loads(done.read_text())["seconds"],
-                    "artifacts": str(final)}
+            return Prepared(Prepare(True, 0.0, json.loads(done.read_text())["seconds"]), str(final))
         hint = f"; {strategy.prepare_hint}" if strategy.prepare_hint else ""
         self.progress.note(f"preparing {strategy.name} artifacts for {model.spec.name} (cached for next time{hint}) ...")
+        log = self.run_dir.logs_dir / f"prepare-{strategy.name}-{model.spec.name}.log"
         res = spawn_job(
             {"kind": "prepare", "strategy": strategy.name, "model": model.spec.to_json(), "seed": self.cfg.seed,
              "content_hash": model.content_hash, "artifact_dir": str(final), "plugins": self.cfg.plugins},
-            self.work, self.run_dir.logs_dir / f"prepare-{strategy.name}-{model.spec.name}.log", PREPARE_TIMEOUT_S)
+            self.work, log, PREPARE_TIMEOUT_S)
         if not res.get("ok"):
             err = res.get("user_error") or res.get("error")
             self.progress.note(f"  {strategy.name} could not prepare {model.spec.name}: {err}")
-            return {"cache_hit": False, "error": f"prepare failed: {err}", "traceback": res.get("traceback", "")}
-        self.progress.note(f"  prepared in {res['seconds']:.1f}s (log: {self.run_dir.logs_dir / f'prepare-{strategy.name}-{model.spec.name}.log'})")
-        return {"cache_hit": False, "seconds": res["seconds"], "artifacts": str(final)}
+            return PrepareFailed(f"prepare failed: {err}", str(res.get("traceback") or ""))
+        self.progress.note(f"  prepared in {res['seconds']:.1f}s (log: {log})")
+        return Prepared(Prepare(False, res["seconds"]), str(final))
 
-    def cell_job(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:
+    def cell_job(self, cell: Cell, model: ModelState, prep: Prepared | None) -> dict[str, Any]:
         """What a worker needs to open ``cell``'s session and measure it."""
         return {
             "kind": "cell", "cell": cell.to_json(), "model": model.spec.to_json(), "seed": self.cfg.seed,
-            "content_hash": model.content_hash, "artifacts": (prep or {}).get("artifacts"),
+            "content_hash": model.content_hash, "artifacts": prep.artifacts if prep else None,
             "reference": str(reference_path(model.ref_dir, cell.batch)), "ref_dir": model.ref_dir,
             "sampling": self.cfg.sampling.to_json(),
             "settings": strategies.settings_for(cell.strategy, self.cfg.strategy_settings), "plugins": self.cfg.plugins,
             "scenario_options": self.cfg.scenario_options.get(cell.scenario, {}), "load_generator": self.generator,
         }
 
-    def run_cell(self, cell: Cell, model: ModelState, prep: dict[str, Any] | None) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, model: ModelState, prep: Prepared | None) -> CellResult:
         job = self.cell_job(cell, model, prep)
         t0 = time.perf_counter()
         res = spawn_job(job, self.work, self.run_dir.logs_dir / f"{cell.key}.log", self._timeout(cell), cell.threads,
                         self.cfg.cpus, cell.malloc or self.cfg.malloc[0])
-        res.pop("ok", None)
-        if res.get("user_error"):
-            res = {"status": "error", "error": res.pop("user_error")}
-        res.setdefault("status", "error")
-        return self._result(cell, **res, prepare=prep and {k: v for k, v in prep.items() if k != "artifacts"},
-                            wall_s=time.perf_counter() - t0)
+        wall_s = time.perf_counter() - t0
+        if res.get("record"):
+            return replace(CellResult.from_json(res["record"]), prepare=prep and prep.info, wall_s=wall_s)
+        status = Status.ERROR if res.get("user_error") else Status.parse(res.get("status") or "error")
+        return CellResult(cell, status, str(res.get("user_error") or res.get("error") or ""),
+                          str(res.get("traceback") or ""), prepare=prep and prep.info, wall_s=wall_s)
 
     # -- the run --------------------------------------------------------------------------------
     def execute(self) -> RunOutcome:
@@ -294,52 +307,47 @@ class Runner:
                 self.progress.note(f"strategy {name} unavailable here: {a.reason}")
         models = self.probe(list(dict.fromkeys(c.model for c in pending if avail[c.strategy].ok)))
 
-        prepared: dict[tuple[str, str], dict[str, Any] | None] = {}
+        prepared: dict[tuple[str, str], Prepared | PrepareFailed | None] = {}
         for cell in pending:
             label = cell.id
             self.progress.begin(label)
             strategy = strats[cell.strategy]
             if not avail[cell.strategy].ok:
-                result = self._result(cell, "skipped", error=f"unavailable: {avail[cell.strategy].reason}")
+                result = CellResult(cell, Status.SKIPPED, f"unavailable: {avail[cell.strategy].reason}")
             elif cell.concurrency > 1 and not strategy.concurrent_calls:
-                result = self._result(cell, "skipped", error=f"{cell.strategy} does not allow concurrent calls")
+                result = CellResult(cell, Status.SKIPPED, f"{cell.strategy} does not allow concurrent calls")
             elif models[cell.model].error:
-                result = self._result(cell, "error", error=models[cell.model].error)
+                result = CellResult(cell, Status.ERROR, models[cell.model].error)
             else:
                 key = (cell.strategy, cell.model)
                 if key not in prepared:
                     prepared[key] = self.prepare(strategy, models[cell.model]) if strategy.needs_artifacts else None
                 prep = prepared[key]
-                if prep and prep.get("error"):
-                    result = self._result(cell, "error", error=prep["error"], traceback=prep.get("traceback"))
+                if isinstance(prep, PrepareFailed):
+                    result = CellResult(cell, Status.ERROR, prep.error, prep.traceback)
                 else:
                     result = self.run_cell(cell, models[cell.model], prep)
             self.run_dir.write_cell(result)
             self.run_dir.write_summary()
-            outcome.measuring_s += result.get("measure_s") or 0.0
+            outcome.measuring_s += result.measure_s or 0.0
             outcome.ran += 1
-            outcome.statuses[result["status"]] = outcome.statuses.get(result["status"], 0) + 1
+            outcome.statuses[str(result.status)] = outcome.statuses.get(str(result.status), 0) + 1
             self.progress.finish(label, describe_outcome(result))
         return outcome
 
 
-def describe_outcome(r: dict[str, Any]) -> str:
+def describe_outcome(r: CellResult) -> str:
     from bench import scenarios
 
-    own = scenarios.lookup(r["cell"].get("scenario", "latency")).describe(r) if r["status"] in ("ok", "invalid") else ""
+    own = scenarios.lookup(r.cell.scenario).describe(r) if r.status.ran else ""
+    invalid = "  INVALID: " + r.error if r.status is Status.INVALID else ""
     if own:
-        return own + ("  INVALID: " + r.get("error", "") if r["status"] == "invalid" else "")
-    if r["status"] in ("ok", "invalid") and r.get("latency"):
-        lat = r["latency"]
-        p99 = fmt_time(lat["p99"]) if lat.get("p99") is not None else f"n/e (n={lat.get('n')})"
-        text = f"p50 {fmt_time(lat['p50'])}  p99 {p99}"
-        if lat.get("noisy"):
-            text += "  (noisy)"
-        if r["status"] == "invalid":
-            text += "  INVALID: " + r.get("error", "")
-        return text
-    first = (r.get("error") or "").splitlines()[0] if r.get("error") else ""
-    return f"{r['status'].upper()}: {first[:160]}"
+        return own + invalid
+    if r.status.ran and r.latency:
+        lat = r.latency
+        p99 = fmt_time(lat.p99) if lat.p99 is not None else f"n/e (n={lat.n})"
+        return f"p50 {fmt_time(lat.p50)}  p99 {p99}" + ("  (noisy)" if lat.noisy else "") + invalid
+    return f"{r.status.upper()}: {r.first_error_line[:160]}"
 
 
 def fmt_time(s: float | None) -> str:

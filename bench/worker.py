@@ -6,7 +6,8 @@ Three jobs, each reading its JSON job file and writing one JSON result atomicall
   outputs for each batch size (NumPy .npz, never pickle).
 - ``prepare``: build one strategy's artifacts for one model into the cache.
 - ``cell``: open a strategy, then cold start, warm-up, the cell's scenario (bench.scenarios), memory
-  and CPU of every process, correctness against the references.
+  and CPU of every process, correctness against the references; its result is the cell's record
+  (bench.record.CellResult) as JSON.
 - ``warm``: open a cell's session and keep it warm, measuring turns on request (bench.rematch).
 - ``generator``: the open-loop load generator's own ceiling, against a session that does nothing.
 
@@ -33,9 +34,9 @@ from typing import Any
 import numpy as np
 
 from bench import allocator
-from bench.cache import reference_path
-from bench.errors import UserError
-from bench.results import EX_CANNOT_WRITE, WRITE_ERRORS, atomic_write_json
+from plumbing.cache import reference_path
+from plumbing.errors import UserError
+from plumbing.files import EX_CANNOT_WRITE, WRITE_ERRORS, atomic_write_json
 from strategies.base import ShapeUnsupported
 
 
@@ -139,10 +140,10 @@ def prepare(job: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds}
 
 
-def _summ(ns: np.ndarray) -> dict[str, Any]:
+def _summ(ns: np.ndarray):
     from bench.stats import summarize
 
-    return summarize(ns / 1e9).to_json()
+    return summarize(ns / 1e9)
 
 
 def _open(job: dict[str, Any], strategy: Any, spec: Any) -> tuple[Any, Any]:
@@ -161,6 +162,7 @@ def _capped(lat: np.ndarray, cap: int) -> list[int]:
 
 
 def cell(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure one cell; its record (bench.record.CellResult) goes back as JSON under "record"."""
     import strategies
     from bench import scenarios
     from bench.correctness import compare_outputs, worst
@@ -168,21 +170,17 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     from bench.environment import THREAD_ENV
     from bench.measure import SamplingConfig, warm_up
     from bench.memory import MemoryTracker
-    from bench.results import Cell
+    from bench.record import Cell, CellResult, Correctness, Cpu, Memory, Part, Status, Throughput
     from bench.scenarios import Context
     from fixtures.specs import ModelSpec, make_inputs
 
-    c = job["cell"]
+    c = Cell.from_json(job["cell"])
     spec = ModelSpec.from_json(job["model"])
     cfg = SamplingConfig.from_json(job["sampling"])
     strategies.discover(job.get("plugins", []))
     scenarios.discover(job.get("plugins", []))
-    strategy = strategies.get(c["strategy"])
-    inputs = make_inputs(spec, c["batch"], job["seed"])
-    result: dict[str, Any] = {"worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
-                              "malloc_env": {k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ},
-                              "thread_env": {k: os.environ.get(k) for k in THREAD_ENV}}
-
+    strategy = strategies.get(c.strategy)
+    inputs = make_inputs(spec, c.batch, job["seed"])
     tracker = MemoryTracker()  # baseline: the worker with its inputs, before the strategy's runtime loads
     cpu = CpuMeter({os.getpid(): "worker"})
     phases: dict[str, float] = {}
@@ -194,49 +192,32 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     handle, session = _open(job, strategy, spec)
     try:
-        result["open_s"] = time.perf_counter() - t0
+        open_s = time.perf_counter() - t0
         phases["model build"] = handle.build_s
-        phases["open"] = max(0.0, result["open_s"] - handle.build_s)
+        phases["open"] = max(0.0, open_s - handle.build_s)
         for pid, role in session.pids():
             tracker.add(pid, role)
             cpu.add(pid, role)
         t1 = time.perf_counter()
         first = session.run(inputs)
-        result["first_call_s"] = time.perf_counter() - t1
-        result["cold_start_s"] = result["open_s"] + result["first_call_s"]
-        phases["first call"] = result["first_call_s"]
-        result["cold_start_phases"] = phases
+        first_call_s = time.perf_counter() - t1
+        phases["first call"] = first_call_s
         first = {k: np.array(v, copy=True) for k, v in first.items()}
-        result["payload_bytes"] = spec.input_bytes(c["batch"]) + sum(v.nbytes for v in first.values())
-        result["session"] = session.describe()
+        payload_bytes = spec.input_bytes(c.batch) + sum(v.nbytes for v in first.values())
+        described = session.describe()
         warm_calls, per_call = warm_up(session, inputs, cfg)
         tracker.sample()
-        scenario = scenarios.get(c.get("scenario", "latency"))
-        ctx = Context(session, inputs, Cell.from_json(c), cfg, job.get("scenario_options") or {}, per_call,
+        ctx = Context(session, inputs, c, cfg, job.get("scenario_options") or {}, per_call,
                       tracker.sample, cpu, strategy.concurrent_calls, job)
         mark = cpu.mark()
         t_measure = time.perf_counter()
-        m = scenario.measure(ctx)
-        result["measure_s"] = time.perf_counter() - t_measure  # the run's efficiency: time spent measuring
+        m = scenarios.get(c.scenario).measure(ctx)
+        measure_s = time.perf_counter() - t_measure  # the run's efficiency: time spent measuring
         cpu_s, by_role = (m.cpu_s, m.cpu_by_role) if m.cpu_s is not None else cpu.since(mark)
-        result["cpu"] = {"seconds": cpu_s, "calls": m.calls, "by_role": by_role,
-                         "s_per_inference": cpu_s / m.calls if m.calls else None}
-        result["sampling"] = {**m.sampling, "warmup_calls": warm_calls}
-        if m.phases_ns:
-            result["phases"] = {k: _summ(v) for k, v in m.phases_ns.items()}
-        if m.figures:
-            result["figures"] = m.figures
-        if m.detail:
-            result["scenario_detail"] = m.detail
         cap = job.get("max_raw_samples", 50_000)
-        if m.parts:  # rows of their own (bench.results expands them)
-            result["parts"] = [{"point": p["point"], "latency": _summ(p["latency_ns"]), "figures": p.get("figures") or {},
-                                "samples_ns": _capped(p["latency_ns"], cap)} for p in m.parts if len(p["latency_ns"])]
-        lat = m.latency_ns
+        parts = [Part(point=p["point"], latency=_summ(p["latency_ns"]), figures=p.get("figures") or {},
+                      samples_ns=_capped(p["latency_ns"], cap)) for p in m.parts if len(p["latency_ns"])]
         calls_per_s = m.calls_per_s if m.calls_per_s is not None else (m.calls / m.wall_s if m.wall_s else 0.0)
-        result["latency"] = _summ(lat)
-        result["throughput"] = {"calls_per_s": calls_per_s, "samples_per_s": calls_per_s * c["batch"]}
-        result["samples_ns"] = _capped(lat, cap)
         last = session.run(inputs)
         last = {k: np.array(v, copy=True) for k, v in last.items()}
         tracker.sample()
@@ -245,20 +226,29 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
         tracker.sample()
         tracker.finish()
         session.close()
-    result["memory"] = tracker.to_json(extra)
     with np.load(job["reference"], allow_pickle=False) as ref:
         expected = {k: ref[k] for k in ref.files}
-    result["correctness"] = worst(compare_outputs(first, expected, spec.atol, spec.rtol),
-                                  compare_outputs(last, expected, spec.atol, spec.rtol))
+    checked = worst(compare_outputs(first, expected, spec.atol, spec.rtol), compare_outputs(last, expected, spec.atol, spec.rtol))
     if m.problems:  # the scenario checked more than the first and last call, and found wrong outputs
-        result["correctness"] = {**result["correctness"], "ok": False,
-                                 "problems": list(m.problems) + list(result["correctness"].get("problems", []))}
-    result["status"] = "ok" if result["correctness"]["ok"] else "invalid"
-    if not result["correctness"]["ok"]:
-        result["error"] = "wrong outputs: " + "; ".join(result["correctness"]["problems"])
+        checked = {**checked, "ok": False, "problems": list(m.problems) + list(checked.get("problems", []))}
+    status, error = Status.OK, ""
+    if not checked["ok"]:
+        status, error = Status.INVALID, "wrong outputs: " + "; ".join(checked["problems"])
     elif m.unsupported:  # correct where it ran, but it declared shapes of the model's range it cannot take
-        result["status"], result["error"] = "unsupported", f"cannot take {m.unsupported}"
-    return result
+        status, error = Status.UNSUPPORTED, f"cannot take {m.unsupported}"
+    record = CellResult(
+        c, status, error, latency=_summ(m.latency_ns), samples_ns=_capped(m.latency_ns, cap),
+        throughput=Throughput.of(calls_per_s, c.batch), open_s=open_s, first_call_s=first_call_s,
+        cold_start_s=open_s + first_call_s, cold_start_phases=phases,
+        phases={k: _summ(v) for k, v in m.phases_ns.items()}, payload_bytes=payload_bytes,
+        memory=Memory.from_json(tracker.to_json(extra)),
+        cpu=Cpu(cpu_s, m.calls, by_role, cpu_s / m.calls if m.calls else None),
+        sampling={**m.sampling, "warmup_calls": warm_calls}, correctness=Correctness.from_json(checked),
+        figures=dict(m.figures), detail=dict(m.detail), parts=parts, session=described, measure_s=measure_s,
+        worker_pid=os.getpid(), cpu_affinity=sorted(os.sched_getaffinity(0)),
+        malloc_env={k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ},
+        thread_env={k: os.environ.get(k) for k in THREAD_ENV})
+    return {"record": record.to_json()}
 
 
 def warm(job: dict[str, Any]) -> dict[str, Any]:

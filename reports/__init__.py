@@ -15,7 +15,7 @@ def render(run: RunDir, decision: dict | None = None) -> tuple[Path, Path]:
     from reports.markdown import render_markdown
 
     report = build(run, decision)  # built once, rendered twice
-    from bench.results import atomic_write_json
+    from plumbing.files import atomic_write_json
 
     atomic_write_json(run.path / "decision.json", report.decision)
     return render_html(run, report), render_markdown(run, report)

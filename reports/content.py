@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import allocator, rematch
+from bench import allocator, record, rematch
 from bench.constraints import can_call
+from bench.record import CellResult
 from bench.results import RunDir
 from bench.stats import min_samples_for
 from reports import crossovers, plots, scorecard
@@ -84,24 +85,27 @@ def _tail_ci(lo: float | None, hi: float | None, value: float | None) -> str:
     return f"{fmt_ms(lo)}-{fmt_ms(hi)}"
 
 
-def _cold_start_rows(results: list[dict[str, Any]]) -> list[tuple[str, str, int, dict[str, float], float | None, str]]:
+def _cold_start_rows(results: list[CellResult]) -> list[tuple[str, str, int, dict[str, float], float | None, str]]:
     """(model, strategy, batch, phases in s, artifact build s or None, cache state) per model and
     strategy, at the smallest batch and caller count; results recorded before the phases existed
     show open and first call only."""
-    ok = [r for r in results if r["status"] == "ok" and r["cell"]["model"] != "identity" and r.get("first_call_s")]
+    ok = [r for r in results if r.ok and r.cell.model != "identity" and r.first_call_s]
     if not ok:
         return []
-    rows = {}
-    for r in sorted(ok, key=lambda r: (r["cell"]["concurrency"], r["cell"]["batch"])):
-        key = (r["cell"]["model"], r["cell"]["strategy"])
-        if key in rows:
+    out = {}
+    for r in sorted(ok, key=lambda r: (r.cell.concurrency, r.cell.batch)):
+        key = (r.cell.model, r.cell.strategy)
+        if key in out:
             continue
-        phases = r.get("cold_start_phases") or {"open": r.get("open_s", 0.0), "first call": r["first_call_s"]}
-        prep = r.get("prepare") or {}
-        build = prep.get("built_seconds") if prep.get("cache_hit") else prep.get("seconds")
-        state = "-" if not prep else ("cache hit" if prep.get("cache_hit") else "built in this run")
-        rows[key] = (key[0], key[1], r["cell"]["batch"], phases, build, state)
-    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] != BASELINE, k[1]))]
+        phases = r.cold_start_phases or {"open": r.open_s if r.open_s is not None else 0.0, "first call": r.first_call_s}
+        prep = r.prepare
+        if prep is None:
+            build, state = None, "-"
+        else:
+            build = prep.built_seconds if prep.cache_hit else prep.seconds
+            state = "cache hit" if prep.cache_hit else "built in this run"
+        out[key] = (key[0], key[1], r.cell.batch, phases, build, state)
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1] != BASELINE, k[1]))]
 
 
 def _inputs_text(cfg: dict[str, Any]) -> str:
@@ -130,7 +134,8 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     meta = run.meta()
     env = meta.get("environment", {})
     cfg = meta.get("config", {})
-    results_every = run.load_cells(samples=True)
+    cells = run.load_cells(samples=True)  # the cells, each cell's parts (length buckets) inside it
+    results_every = record.with_parts(cells)  # the cells and, after each, its parts as rows of their own
     df_every = run.frame()
     # the standing sections read the scenarios made for them; every other scenario has its own part
     from bench import scenarios
@@ -138,7 +143,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     with contextlib.suppress(Exception):  # a plugin gone since the run: its cells still show in the tables
         scenarios.discover(cfg.get("plugins") or [])
     standing = {n for n in scenarios.names() if scenarios.get(n).fixed_sections}
-    results = [r for r in results_every if r["cell"]["scenario"] in standing]
+    results = [r for r in results_every if r.cell.scenario in standing]
     df = df_every[df_every.scenario.isin(standing)].reset_index(drop=True)
     # Several allocator policies: the decision and the latency table show every one; the other
     # sections show the first (the run's primary policy), so each figure compares like with like.
@@ -146,7 +151,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     df_all = df
     if policies:
         df = df[df.malloc == policies[0]].reset_index(drop=True)
-        results = [r for r in results if r["cell"].get("malloc", "") == policies[0]]
+        results = [r for r in results if r.cell.malloc == policies[0]]
     cmap = plots.colors(sorted(set(df.strategy)) or [BASELINE])
     valid = df[df.valid]
     main = main_cells(df)
@@ -155,7 +160,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
 
     # -- warnings ---------------------------------------------------------------------------------
     warnings = []
-    parts = {r["cell"]["id"] for r in results_every if r.get("part_of")}  # a cell's length buckets: rows, not cells
+    parts = {r.id for r in results_every if r.part_of}  # a cell's length buckets: rows, not cells
     df_cells = df_every[~df_every.cell_id.isin(parts)]
     expected = len(meta.get("cells", [])) or len(df_cells)
     if meta.get("status") != "complete" or len(df_cells) < expected:
@@ -179,12 +184,12 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     sessions: dict[str, dict[str, Any]] = {}
     per_model: dict[tuple[str, str], dict[str, str]] = {}  # (model, strategy) -> facts that depend on the model
     for r in results:
-        if r.get("session"):
-            facts = dict(r["session"])
+        if r.session:
+            facts = dict(r.session)
             model_facts = facts.pop("per model", None)
-            sessions.setdefault(r["cell"]["strategy"], facts)
+            sessions.setdefault(r.cell.strategy, facts)
             if isinstance(model_facts, dict):
-                per_model.setdefault((r["cell"]["model"], r["cell"]["strategy"]), model_facts)
+                per_model.setdefault((r.cell.model, r.cell.strategy), model_facts)
     remote = {s: d for s, d in sessions.items() if d.get("remote")}
     if remote:
         warnings.append("Measured against a server started elsewhere: " + "; ".join(
@@ -285,7 +290,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     for name in cfg.get("scenarios") or []:
         if name in standing or name not in scenarios.names():
             continue
-        mine = [r for r in results_every if r["cell"]["scenario"] == name]
+        mine = [r for r in cells if r.cell.scenario == name]  # its cells, parts inside (record.with_parts() gives them apart)
         part = scenarios.get(name).report(df_every[df_every.scenario == name].to_dict("records"), mine, options.get(name, {}))
         if part is not None:
             sections.append(_part_section(part, cmap))
@@ -294,9 +299,9 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     if len(main_valid):
         b0 = int(main_valid.batch.min())
         c0 = int(main_valid.concurrency.min())
-        samples = {(r["cell"]["model"], r["cell"]["strategy"]): np.asarray(r.get("samples_ns") or [], dtype=np.int64)
-                   for r in results if r["status"] == "ok" and r["cell"]["batch"] == b0
-                   and r["cell"]["concurrency"] == c0 and r["cell"]["model"] != "identity"}
+        samples = {(r.cell.model, r.cell.strategy): np.asarray(r.samples_ns or [], dtype=np.int64)
+                   for r in results if r.ok and r.cell.batch == b0
+                   and r.cell.concurrency == c0 and r.cell.model != "identity"}
         models = list(dict.fromkeys(main_valid.model))
         sec.figures.append(Figure("latency_distributions", plots.latency_distributions(
             samples, models, cmap, f"Latency distribution, batch {b0}, {c0} caller(s)"), "Every sample of each cell."))
@@ -394,7 +399,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
                                                                "added_peak", cmap, "MiB over baseline",
                                                                "Memory added by the strategy: peak (bar), steady (hatched)",
                                                                stacked_under="mem_added_mb"), ""))
-    extra_by_cell = {r["cell"]["id"]: (r.get("memory") or {}).get("extra") or {} for r in results}
+    extra_by_cell = {r.id: r.memory.extra if r.memory else {} for r in results}
     sec.tables.append(Table(["model", "strategy", "batch", "callers", "baseline MiB", "steady MiB", "peak MiB",
                              "added MiB", "processes", "runtime figures"], [
         [r.model, r.strategy, str(r.batch), str(r.concurrency), _mb(r.mem_baseline_mb), _mb(r.mem_steady_mb),
@@ -429,8 +434,8 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     sections.append(sec)
 
     # -- breakdown -----------------------------------------------------------------------------------
-    phase_rows = [(r["cell"]["id"], {k: v["p50"] for k, v in r["phases"].items()}, r["latency"]["p50"])
-                  for r in results if r.get("phases") and r["status"] == "ok"]
+    phase_rows = [(r.id, {k: v.p50 for k, v in r.phases.items()}, r.latency.p50)
+                  for r in results if r.phases and r.ok]
     if phase_rows:
         sec = Section("breakdown", "Where the time goes")
         sec.text.append("Median of each phase of a call, as the strategy measured it (marshal in, transport, "
@@ -463,34 +468,32 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
     # -- correctness ---------------------------------------------------------------------------------
     sec = Section("correctness", "Correctness against eager torch")
     rows, bad = [], set()
-    for r in results_every:
-        corr = r.get("correctness")
-        if not corr:
-            continue
-        if not corr["ok"]:
+    checked = [(r, r.correctness) for r in results_every if r.correctness is not None]
+    for r, corr in checked:
+        if not corr.ok:
             bad.add(len(rows))
-        for name, o in corr["outputs"].items():
-            w = o.get("worst")
-            rows.append([r["cell"]["id"], name, "x".join(map(str, o.get("shape", []))), o.get("dtype", ""),
-                         f"{o['max_abs']:.2e}" if o.get("max_abs") is not None else "-",
+        for name, o in corr.outputs.items():
+            w = o.worst  # bench.correctness's worst element: a plain dict
+            rows.append([r.id, name, "x".join(map(str, o.shape)), o.dtype,
+                         f"{o.max_abs:.2e}" if o.max_abs is not None else "-",
                          f"{w['error']:.2e} of {w['allowed']:.2e} ({w['used']:.1%})" if w else "-",
-                         f"{corr['atol']:g} + {corr['rtol']:g} x |ref|", "ok" if o.get("ok") else "WRONG"])
-    n_ok = sum(1 for r in results_every if (r.get("correctness") or {}).get("ok"))
+                         f"{corr.atol:g} + {corr.rtol:g} x |ref|", "ok" if o.ok else "WRONG"])
+    n_ok = sum(1 for _, corr in checked if corr.ok)
     sec.text.append(f"Every output of the first and the last call is compared with eager torch on the same "
                     f"inputs. Each element may differ by atol + rtol x |reference| (numpy.allclose's rule); the "
-                    f"worst element is the one that uses the largest share of its own allowance. {n_ok} of {sum(1 for r in results_every if r.get('correctness'))} "
+                    f"worst element is the one that uses the largest share of its own allowance. {n_ok} of {len(checked)} "
                     "checked cells are correct.")
     sec.tables.append(Table(["cell", "output", "shape", "dtype", "max abs err", "worst element: error of allowed",
                              "tolerance per element", "result"], rows, bad))
     sections.append(sec)
 
     # -- errors ----------------------------------------------------------------------------------------
-    failed = [r for r in results_every if r["status"] in ("error", "skipped", "invalid", "unsupported")]
+    failed = [r for r in results_every if not r.ok]  # error, skipped, invalid, unsupported
     if failed:
         sec = Section("errors", "Failed, invalid and skipped cells")
-        sec.tables.append(Table(["cell", "status", "reason"], [[r["cell"]["id"], r["status"], _first_line(r.get("error"), 300)]
+        sec.tables.append(Table(["cell", "status", "reason"], [[r.id, str(r.status), _first_line(r.error, 300)]
                                                                for r in failed], set(range(len(failed)))))
-        sec.details = [(r["cell"]["id"], r["traceback"]) for r in failed if r.get("traceback")]
+        sec.details = [(r.id, r.traceback) for r in failed if r.traceback]
         sections.append(sec)
 
     # -- environment -----------------------------------------------------------------------------------
@@ -506,7 +509,7 @@ def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:
                                         for s, vs in env.get("strategy_runtimes", {}).items())),
         ("threads", f"intra-op threads per cell as listed (every runtime set explicitly); thread counts in this run: "
                     f"{cfg.get('threads')}; the workers' own environment: " + (", ".join(
-                        sorted({f"{k}={v}" for r in results for k, v in (r.get('thread_env') or {}).items()}))
+                        sorted({f"{k}={v}" for r in results for k, v in r.thread_env.items()}))
                         or "not recorded (results from before it was)")),
         ("inputs", _inputs_text(cfg)),
         ("git", f"{git.get('commit') or 'not a git checkout'}" + (f" on {git.get('branch')}" if git.get("branch") else "")
@@ -608,21 +611,19 @@ def _decision_section(blocks: list[Block], constraints: Constraints, facts: dict
     return sec, every
 
 
-def _breakdown_per_model(results: list[dict[str, Any]]) -> dict[str, list[tuple[str, dict[str, float], float]]]:
+def _breakdown_per_model(results: list[CellResult]) -> dict[str, list[tuple[str, dict[str, float], float]]]:
     """model -> (strategy, phase medians in s, call p50 in s) at the model's smallest batch, single caller."""
-    ok = [r for r in results if r.get("phases") and r["status"] == "ok" and r["cell"]["model"] != "identity"
-          and r["cell"]["concurrency"] == 1]
+    ok = [r for r in results if r.phases and r.ok and r.cell.model != "identity" and r.cell.concurrency == 1]
     smallest: dict[str, tuple[int, int]] = {}  # model -> (batch, threads), the smallest of each, as the scorecard
     for r in ok:
-        m = r["cell"]["model"]
-        b, t = smallest.get(m, (r["cell"]["batch"], r["cell"]["threads"]))
-        smallest[m] = (min(b, r["cell"]["batch"]), min(t, r["cell"]["threads"]))
+        m = r.cell.model
+        b, t = smallest.get(m, (r.cell.batch, r.cell.threads))
+        smallest[m] = (min(b, r.cell.batch), min(t, r.cell.threads))
     out: dict[str, list[tuple[str, dict[str, float], float]]] = {}
     for r in ok:
-        c = r["cell"]
-        if (c["batch"], c["threads"]) == smallest[c["model"]]:
-            out.setdefault(c["model"], []).append((c["strategy"], {k: v["p50"] for k, v in r["phases"].items()},
-                                                   r["latency"]["p50"]))
+        c = r.cell
+        if (c.batch, c.threads) == smallest[c.model]:
+            out.setdefault(c.model, []).append((c.strategy, {k: v.p50 for k, v in r.phases.items()}, r.latency.p50))
     return {m: sorted(rows, key=lambda x: x[2]) for m, rows in out.items()}
 
 
@@ -660,13 +661,13 @@ def _size(n: float) -> str:
     return f"{n:.0f} B"
 
 
-def _capacity(results: list[dict[str, Any]]) -> dict[tuple[str, int, int, str, str], Capacity]:
+def _capacity(results: list[CellResult]) -> dict[tuple[str, int, int, str, str], Capacity]:
     """The slo scenario's answers by (model, batch, threads, allocator, strategy), for the decision."""
     out = {}
     for r in results:
-        d, c = r.get("scenario_detail") or {}, r["cell"]
-        if r["status"] == "ok" and "max_rps" in d and d.get("budget_s"):
-            key = (c["model"], int(c["batch"]), int(c["threads"]), c.get("malloc", ""), c["strategy"])
+        d, c = r.detail, r.cell
+        if r.ok and "max_rps" in d and d.get("budget_s"):
+            key = (c.model, c.batch, c.threads, c.malloc, c.strategy)
             out[key] = Capacity(d["max_rps"], d["budget_s"] * 1e3, bool(d.get("capped")))
     return out
 

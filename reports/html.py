@@ -7,7 +7,8 @@ import html
 import re
 from pathlib import Path
 
-from bench.results import RunDir, atomic_write_text
+from bench.results import RunDir
+from plumbing.files import atomic_write_text
 from reports.content import Report, Section, Table, build
 
 CSS = """

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.results import RunDir, atomic_write_text
+from bench.results import RunDir
+from plumbing.files import atomic_write_text
 from reports.content import Report, Table, build
 
 MAX_ROWS = 40

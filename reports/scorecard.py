@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.record import CellResult
+
 
 @dataclass
 class Row:
@@ -41,7 +43,7 @@ def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else float(v)
 
 
-def cards(df: pd.DataFrame, results: list[dict[str, Any]], facts: dict[str, dict[str, Any]],
+def cards(df: pd.DataFrame, results: list[CellResult], facts: dict[str, dict[str, Any]],
           capacity: dict[tuple[str, int, int, str, str], Any], payload_models: tuple[str, ...] = ("identity",)) -> list[Card]:
     """One card per model at its smallest batch and thread count (``df`` holds one allocator policy)."""
     main = df[~df.model.isin(payload_models)]
@@ -49,9 +51,9 @@ def cards(df: pd.DataFrame, results: list[dict[str, Any]], facts: dict[str, dict
         return []
     ready = {}
     for r in results:
-        c = r["cell"]
-        if r["status"] == "ok" and c.get("scenario", "latency") == "latency" and r.get("cold_start_phases"):
-            ready.setdefault((c["model"], c["batch"], c["threads"], c["strategy"]), sum(r["cold_start_phases"].values()))
+        c = r.cell
+        if r.ok and c.scenario == "latency" and r.cold_start_phases:
+            ready.setdefault((c.model, c.batch, c.threads, c.strategy), sum(r.cold_start_phases.values()))
     out = []
     for model, g in main.groupby("model", sort=False):
         batch, threads = int(g.batch.min()), int(g.threads.min())

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.compare import compare_cells
-from bench.results import atomic_write_text
+from bench.record import with_parts
+from plumbing.files import atomic_write_text
 from reports.content import Figure, Report, Section, Table
 from reports.html import to_html
 
@@ -22,10 +23,10 @@ def collect(runs: list[Any], threshold: float) -> tuple[dict[str, list[tuple[int
     steps: list[dict[str, Any]] = []
     previous = None
     for i, run in enumerate(runs):
-        cells = run.load_cells()
-        for r in cells:
-            if r["status"] == "ok" and r.get("latency"):
-                series[r["cell"]["id"]].append((i, r["latency"]["p50"]))
+        cells = run.load_cells()  # the cells, each one's parts (length buckets) inside it
+        for r in with_parts(cells):  # each part has its own line, as in summary.csv
+            if r.ok and r.latency:
+                series[r.id].append((i, r.latency.p50))
         if previous is not None:
             changes, _, _ = compare_cells(previous, cells, threshold)
             for c in changes:

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from bench.errors import UserError
+from plumbing.errors import UserError
 from strategies.base import (
     Arrivals,
     Availability,

@@ -294,14 +294,63 @@ class Strategy(ABC):
         """Load the runtime and the artifacts; return a session ready for run()."""
 
     def source_hash(self) -> str:
-        """Hash of every file in this strategy's folder: editing a .py, .cpp or .cs rebuilds artifacts."""
+        """Hash of every file this strategy's code depends on: its own folder (a .py, .cpp or .cs edited
+        rebuilds its artifacts) and every other part of ``strategies/`` its modules import, transitively
+        (``strategies/shared``, a sibling route's folder)."""
         folder = Path(inspect.getfile(type(self))).parent
         h = hashlib.sha256()
         for f in sorted(folder.rglob("*")):
             if f.is_file() and "__pycache__" not in f.parts:
                 h.update(f.relative_to(folder).as_posix().encode())
                 h.update(f.read_bytes())
+        for f in sorted(source_dependencies(folder) - set(folder.rglob("*"))):
+            h.update(f.relative_to(STRATEGIES_DIR).as_posix().encode())
+            h.update(f.read_bytes())
         return h.hexdigest()
+
+
+STRATEGIES_DIR = Path(__file__).resolve().parent
+_INTERFACE = frozenset({"strategies", "strategies.base"})  # the contract every route imports, not what it builds
+
+
+def source_dependencies(folder: Path) -> set[Path]:
+    """The files of ``strategies/`` that the Python in ``folder`` imports, directly or through each other:
+    a route's folder counts whole (its C++ or C# beside its Python), a module of a plain package by itself."""
+    import ast
+
+    seen: set[Path] = set()
+    todo = [f for f in folder.rglob("*.py") if "__pycache__" not in f.parts]
+    done: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in done:
+            continue
+        done.add(f)
+        try:
+            tree = ast.parse(f.read_text(), str(f))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if not name.startswith("strategies.") or name in _INTERFACE:
+                    continue
+                parts = name.split(".")[1:]
+                route = STRATEGIES_DIR / parts[0]
+                if parts[0] != "shared" and (route / "__init__.py").exists():  # a route: its whole folder
+                    new = {p for p in route.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+                else:  # strategies.shared or a module of it: the module alone
+                    module = STRATEGIES_DIR.joinpath(*parts)
+                    new = {q for q in (module.with_suffix(".py"), module / "__init__.py") if q.is_file()}
+                for q in new - seen:
+                    seen.add(q)
+                    if q.suffix == ".py":
+                        todo.append(q)
+    return seen
 
 
 def exporter_cause(e: BaseException) -> str:

@@ -51,7 +51,7 @@ def make_small_bert_encoder() -> nn.Module:
 
 def bert_spec(small: bool = False):
     """The harness's spec of the encoder (bring-your-own-model, as `bench run --model-factory` makes one)."""
-    from bench.config import make_custom_model
+    from fixtures.custom import make_custom_model
     from fixtures.specs import parse_input_spec
 
     if small:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.cache import sweep_stale
+from plumbing.cache import sweep_stale
 
 
 def test_half_built_artifacts_of_dead_builders_are_swept(tmp_path: Path):
@@ -35,10 +35,10 @@ def test_half_built_artifacts_of_dead_builders_are_swept(tmp_path: Path):
 def test_temporary_folders_of_dead_processes_are_swept_and_no_one_elses():
     import tempfile
 
-    from bench.cache import TEMP_PREFIX, sweep_temp, temp_dir
+    from plumbing.cache import TEMP_PREFIX, sweep_temp, temp_dir
 
     mine = temp_dir("test")  # this process is alive: kept
-    dead = subprocess.run([sys.executable, "-c", "from bench.cache import temp_dir; print(temp_dir('test'))"],
+    dead = subprocess.run([sys.executable, "-c", "from plumbing.cache import temp_dir; print(temp_dir('test'))"],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent)))
     orphan = Path(dead.stdout.strip())
     foreign = Path(tempfile.mkdtemp(prefix="someone-else-", suffix=f".tmp-{dead_pid()}"))

@@ -155,7 +155,7 @@ def test_unknown_strategy_setting_names_the_nearest(monkeypatch: pytest.MonkeyPa
     """A strategy that declares ``settings_keys`` refuses others; one that does not is not checked."""
     import strategies
     from bench.config import build_config
-    from bench.errors import UserError
+    from plumbing.errors import UserError
 
     strategies.discover()
     ort = type(strategies.get("onnxruntime"))

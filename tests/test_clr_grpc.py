@@ -31,10 +31,10 @@ def _caller(ib, runner, names, arrays):
 
 def test_request_bytes_are_protoc_s(tmp_path):
     require_strategy("clr-grpc")
-    from strategies.clr import build
     from strategies.grpc import stubs
+    from strategies.shared import dotnet
 
-    ib = build.load("coreclr")
+    ib = dotnet.load("coreclr")
     from System import Array, Byte, Int64, String
 
     pb2, _ = stubs.load()

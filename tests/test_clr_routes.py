@@ -71,11 +71,11 @@ def test_clr_onnxruntime_binds_outputs_to_net_arrays_and_reports_its_phases(tmp_
 
 def test_onnx_runtime_errors_surface_with_ort_s_own_message(tmp_path: Path):
     require_strategy("clr-onnxruntime")
-    from strategies.clr import build
     from strategies.clr.strategy import ClrSession, runtime_of
-    from strategies.clr_onnxruntime.strategy import ort_library
+    from strategies.shared import dotnet
+    from strategies.shared.ort_library import ort_library
 
-    ib = build.load(runtime_of({}))
+    ib = dotnet.load(runtime_of({}))
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not a protobuf")
     with pytest.raises(RuntimeError, match=r"CreateSession failed \(ORT_INVALID_PROTOBUF\)"):
@@ -99,11 +99,11 @@ def test_a_wrong_runtime_is_refused_before_any_cell_runs(tmp_path: Path):
 
 def test_python_errors_under_the_c_api_carry_the_traceback_and_leave_the_gil_free(tmp_path: Path):
     require_strategy("clr-capi")
-    from strategies.clr import build
     from strategies.clr.strategy import ClrSession, runtime_of
     from strategies.clr_capi.strategy import libpython
+    from strategies.shared import dotnet
 
-    ib = build.load(runtime_of({}))
+    ib = dotnet.load(runtime_of({}))
     seen = []
 
     def model(meta: str, *views: memoryview):

@@ -81,12 +81,12 @@ def test_shards_merged_give_the_cells_of_one_run(tmp_path: Path):
         assert p.returncode == 0, p.stderr[-3000:]
     p = run_bench("run", *common, "--run-id", "whole", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    shard_ids = [{r["cell"]["id"] for r in RunDir(tmp_path / s).load_cells(samples=False)} for s in ("s1", "s2")]
+    shard_ids = [{r.id for r in RunDir(tmp_path / s).load_cells(samples=False)} for s in ("s1", "s2")]
     assert shard_ids[0] and shard_ids[1] and not shard_ids[0] & shard_ids[1]
     p = run_bench("merge", str(tmp_path / "merged"), "s1", "s2", "--out", str(tmp_path), cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     merged, whole = RunDir(tmp_path / "merged"), RunDir(tmp_path / "whole")
-    assert {r["cell"]["id"] for r in merged.load_cells()} == {r["cell"]["id"] for r in whole.load_cells()}
+    assert {r.id for r in merged.load_cells()} == {r.id for r in whole.load_cells()}
     assert merged.meta()["cells"] == whole.meta()["cells"] and merged.meta()["status"] == "complete"
     assert (tmp_path / "merged" / "report.html").exists() and len(merged.meta()["merged_from"]) == 2
     # a missing shard is said, not hidden; overlapping shards are refused
@@ -158,12 +158,13 @@ def test_a_one_policy_run_compares_with_the_same_policys_cells_of_a_multi_policy
     """Ids of a run that compared allocators end in the policy; a run under one policy compares with
     those cells of it, not with nothing."""
     from bench.compare import _keyed, compare_cells
+    from bench.record import CellResult
 
-    def cell(cid: str, malloc: str, shift: float) -> dict:
+    def cell(cid: str, malloc: str, shift: float) -> CellResult:
         model, strategy = cid.split("/")[:2]
         samples = (np.arange(200) % 7 + 100 + shift).tolist()
-        return {"cell": {"id": cid, "model": model, "strategy": strategy, "batch": 1, "threads": 1, "concurrency": 1,
-                         "malloc": malloc}, "status": "ok", "samples_ns": samples}
+        return CellResult.from_json({"cell": {"id": cid, "model": model, "strategy": strategy, "batch": 1, "threads": 1,
+                                              "concurrency": 1, "malloc": malloc}, "status": "ok", "samples_ns": samples})
 
     single = [cell("mlp/torch/b1/t1/c1", "", 0)]
     multi = [cell("mlp/torch/b1/t1/c1/default", "default", 0), cell("mlp/torch/b1/t1/c1/jemalloc", "jemalloc", 50)]
@@ -171,3 +172,30 @@ def test_a_one_policy_run_compares_with_the_same_policys_cells_of_a_multi_policy
     assert [c.cell_id for c in changes] == ["mlp/torch/b1/t1/c1/default"] and changes[0].verdict == "unchanged"
     assert only_base == [] and only_new == ["mlp/torch/b1/t1/c1/jemalloc"]
     assert _keyed(single, ["default"], False) == single  # two one-policy runs keep their ids
+
+
+def test_each_part_of_a_cell_is_judged_apart():
+    """A cell's parts (length buckets) are compared as rows of their own: a bucket that slowed is flagged
+    under its own id, beside its cell and the bucket that did not; allocator keying names the bucket too."""
+    from bench.compare import _keyed, compare_cells
+    from bench.record import CellResult
+    from bench.stats import summarize
+
+    def shapes(slow_bucket: float) -> CellResult:
+        rng = np.random.default_rng(1)
+        base = (100_000 + rng.integers(0, 500, 300)).tolist()
+        buckets = {"seq16": base, "seq64": [int(x * slow_bucket) for x in base]}
+        return CellResult.from_json({
+            "cell": {"model": "transformer", "strategy": "torch", "batch": 1, "threads": 1, "concurrency": 1,
+                     "scenario": "shapes", "point": "lognormal"},
+            "status": "ok", "samples_ns": base, "latency": summarize([x / 1e9 for x in base]).to_json(),
+            "parts": [{"point": k, "samples_ns": v, "latency": summarize([x / 1e9 for x in v]).to_json()}
+                      for k, v in buckets.items()]})
+
+    cid = "transformer/torch/b1/t1/c1/shapes@lognormal"
+    changes, only_base, only_new = compare_cells([shapes(1.0)], [shapes(2.0)])
+    verdicts = {c.cell_id: c.verdict for c in changes if c.metric == "latency p50"}
+    assert verdicts == {cid: "unchanged", f"{cid}.seq16": "unchanged", f"{cid}.seq64": "regression"}
+    assert only_base == only_new == []
+    keyed = {c.cell_id for c in compare_cells(_keyed([shapes(1.0)], ["default"], True), _keyed([shapes(1.0)], ["default"], True))[0]}
+    assert keyed == {f"{cid}/default", f"{cid}.seq16/default", f"{cid}.seq64/default"}

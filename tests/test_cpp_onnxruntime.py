@@ -14,7 +14,7 @@ import pytest
 from bench.measure import closed_loop
 from fixtures.builtin import BUILTIN_MODELS
 from strategies.base import ModelHandle, SessionOptions
-from strategies.onnxruntime.export import MODEL_FILE, export_into
+from strategies.shared.onnx_export import MODEL_FILE, export_into
 from tests.conftest import require_strategy
 
 

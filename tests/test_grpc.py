@@ -231,17 +231,17 @@ def test_run_with_remote_target_and_server_killed_mid_cell(tmp_path: Path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
-    cells = {r["cell"]["strategy"]: r for r in RunDir(tmp_path / "r").load_cells()}
+    cells = {r.cell.strategy: r for r in RunDir(tmp_path / "r").load_cells()}
     for s in ("grpc", "grpc-naive"):
-        assert cells[s]["status"] == "ok", cells[s].get("error")
-        assert cells[s]["session"]["remote"] and info["address"] in cells[s]["session"]["transport"]
-        assert len(cells[s]["memory"]["processes"]) == 1  # the remote server is not ours to measure
+        assert cells[s].status == "ok", cells[s].error
+        assert cells[s].session["remote"] and info["address"] in cells[s].session["transport"]
+        assert len(cells[s].memory.processes) == 1  # the remote server is not ours to measure
     dead = cells["grpc-dies-test"]
     # the first line says the server died and how, then what the call got
-    assert dead["status"] == "error" and "UNAVAILABLE" in dead["error"], dead.get("error")
-    assert "the gRPC server (pid" in dead["error"] and "was killed by signal SIGKILL" in dead["error"], dead["error"]
-    assert dead["wall_s"] < 60
-    assert cells["torch"]["status"] == "ok"
+    assert dead.status == "error" and "UNAVAILABLE" in dead.error, dead.error
+    assert "the gRPC server (pid" in dead.error and "was killed by signal SIGKILL" in dead.error, dead.error
+    assert dead.wall_s < 60
+    assert cells["torch"].status == "ok"
     html = (tmp_path / "r" / "report.html").read_text()
     assert f"remote server {info['address']}" in html
 
@@ -264,21 +264,21 @@ def _probe_hash() -> str:
 
 
 def test_grpc_cells_report_breakdown_and_server_memory(quick_run: Path):
-    cells = [r for r in RunDir(quick_run).load_cells(samples=False) if r["cell"]["strategy"].startswith("grpc")]
-    assert {r["cell"]["strategy"] for r in cells} == {"grpc", "grpc-naive", "grpc-uds"}
+    cells = [r for r in RunDir(quick_run).load_cells(samples=False) if r.cell.strategy.startswith("grpc")]
+    assert {r.cell.strategy for r in cells} == {"grpc", "grpc-naive", "grpc-uds"}
     for r in cells:
-        assert r["status"] == "ok", (r["cell"]["id"], r.get("error"))
-        procs = r["memory"]["processes"]
+        assert r.status == "ok", (r.cell.id, r.error)
+        procs = r.memory.processes
         assert [p["role"] for p in procs] == ["worker", "grpc server"] and procs[1]["peak"] > 50 * 2**20
-        if r["cell"]["concurrency"] == 1 and r["cell"]["scenario"] in ("latency", "payload"):  # (shapes keeps no phases)
-            ph = r["phases"]
-            assert set(ph) == set(GrpcSession.phases) and ph["server_compute"]["p50"] > 0
+        if r.cell.concurrency == 1 and r.cell.scenario in ("latency", "payload"):  # (shapes keeps no phases)
+            ph = r.phases
+            assert set(ph) == set(GrpcSession.phases) and ph["server_compute"].p50 > 0
     html = (quick_run / "report.html").read_text()
     assert "<section id=breakdown>" in html and "server_compute" in html
     libtorch = [r for r in RunDir(quick_run).load_cells(samples=False)
-                if r["cell"]["strategy"].startswith("libtorch") and r["cell"]["concurrency"] == 1
-                and r["cell"]["scenario"] == "latency"]
-    assert libtorch and all(set(r["phases"]) == {"marshal_in", "compute", "marshal_out"} for r in libtorch)
+                if r.cell.strategy.startswith("libtorch") and r.cell.concurrency == 1
+                and r.cell.scenario == "latency"]
+    assert libtorch and all(set(r.phases) == {"marshal_in", "compute", "marshal_out"} for r in libtorch)
 
 
 def test_stubs_generate_from_the_proto(tmp_path: Path):

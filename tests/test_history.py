@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from bench.history import History
-from bench.processes import die_with_parent
+from bench.record import CellResult, with_parts
+from plumbing.processes import die_with_parent
 from tests.conftest import IN_CI, run_bench
 
 RUNS = ("base", "rerun", "slow")
@@ -77,8 +78,9 @@ def postgres_url():
 
 
 def _cells_by_run(h: History) -> dict[str, dict[str, tuple[str, float | None]]]:
-    return {r["run_id"]: {c["cell"]["id"]: (c["status"], (c.get("latency") or {}).get("p50"))
-                          for c in h.cells(r["run_id"], samples=False)} for r in h.runs()}
+    """Per run, every row (a cell, and each part of a cell apart): its status and p50."""
+    return {r["run_id"]: {c.id: (str(c.status), c.p50) for c in with_parts(h.cells(r["run_id"], samples=False))}
+            for r in h.runs()}
 
 
 def test_runs_are_recorded_in_sqlite_by_default(runs: Path, tmp_path: Path):
@@ -88,7 +90,95 @@ def test_runs_are_recorded_in_sqlite_by_default(runs: Path, tmp_path: Path):
     with History.open(str(runs / "history.sqlite")) as h:
         assert [r["run_id"] for r in h.runs()] == list(RUNS)
         slow = h.get("slow")
-        assert slow is not None and len(slow.load_cells()) == 4 and slow.load_cells()[0]["samples_ns"]
+        assert slow is not None and len(slow.load_cells()) == 4 and slow.load_cells()[0].samples_ns
+        assert all(isinstance(c, CellResult) for c in slow.load_cells())
+        assert not any(c.samples_ns for c in slow.load_cells(samples=False))
+
+
+SHAPES = "transformer/onnxruntime/b1/t1/c1/shapes@lognormal"
+
+
+def _latency(samples_ns: list[int]) -> dict:
+    from bench.stats import summarize
+
+    return summarize([x / 1e9 for x in samples_ns]).to_json()
+
+
+def _shapes_cell(parts: bool) -> dict:
+    """A shapes cell's JSON as a results folder holds it (its buckets inside, ``parts=True``) or as a store
+    written before the typed record held its row (no parts)."""
+    cell = {"model": "transformer", "strategy": "onnxruntime", "batch": 1, "threads": 1, "concurrency": 1,
+            "scenario": "shapes", "point": "lognormal", "id": SHAPES}
+    samples = [1000 + i % 50 for i in range(200)]
+    d = {"cell": cell, "status": "ok", "latency": _latency(samples), "samples_ns": samples,
+         "throughput": {"calls_per_s": 1e6, "samples_per_s": 1e6}, "memory": {"peak_rss": 123}}
+    if parts:
+        d["parts"] = [{"point": f"seq{n}", "latency": _latency(_bucket(n)), "figures": {"length": n},
+                       "samples_ns": _bucket(n)} for n in (16, 64)]
+    return d
+
+
+def _bucket(n: int) -> list[int]:
+    return [n * 100 + i % 7 for i in range(60)]
+
+
+def test_a_store_holding_parts_as_rows_of_their_own_reads_back_as_cells_with_their_parts(tmp_path: Path):
+    """Releases before the typed record stored a length bucket as a row of its own, marked ``part_of``, and its
+    cell's row without ``parts``: read back, the store gives the cell with its buckets inside, like a folder."""
+    import json
+
+    with History.open(str(tmp_path / "old.sqlite")) as h:
+        h._exec("INSERT INTO runs (run_id, started, status, meta_json) VALUES (?, ?, ?, ?)",
+                ("old", 1.0, "complete", json.dumps({"run_id": "old", "status": "complete"})))
+        stored = [_shapes_cell(parts=False)]
+        for n in (16, 64):  # as the old RunDir.load_cells made each bucket's row
+            cell = {**stored[0]["cell"], "point": f"lognormal.seq{n}", "id": f"{SHAPES}.seq{n}"}
+            lat = _latency(_bucket(n))
+            stored.append({"cell": cell, "status": "ok", "latency": lat, "figures": {"length": n}, "part_of": SHAPES,
+                           "throughput": {"calls_per_s": 1 / lat["p50"], "samples_per_s": 1 / lat["p50"]},
+                           "samples_ns": _bucket(n), "memory": {"peak_rss": 123}})
+        for d in stored:
+            c = d["cell"]
+            h._exec("INSERT INTO cells (run_id, cell_id, model, strategy, batch, threads, concurrency, status, p50_s, "
+                    "throughput_sps, result_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    ("old", c["id"], c["model"], c["strategy"], 1, 1, 1, "ok", d["latency"]["p50"], None, json.dumps(d)))
+        h.conn.commit()
+        cells = h.get("old").load_cells()
+        assert [c.id for c in cells] == [SHAPES] and not cells[0].is_part
+        (r,) = cells
+        assert [p.point for p in r.parts] == ["seq16", "seq64"]
+        assert [p.samples_ns for p in r.parts] == [_bucket(16), _bucket(64)]
+        assert [p.figures for p in r.parts] == [{"length": 16}, {"length": 64}]
+        assert r.parts[0].latency.p50 == pytest.approx(_latency(_bucket(16))["p50"])
+        assert r.samples_ns == _shapes_cell(parts=False)["samples_ns"] and r.memory.peak_rss == 123
+        # the buckets as rows again, with the ids they were stored under
+        assert [x.id for x in with_parts(cells)] == [SHAPES, f"{SHAPES}.seq16", f"{SHAPES}.seq64"]
+        assert with_parts(cells)[1].part_of == SHAPES
+        (bare,) = h.get("old").load_cells(samples=False)
+        assert bare.samples_ns is None and all(p.samples_ns is None for p in bare.parts) and len(bare.parts) == 2
+
+
+def test_a_cell_is_stored_whole_and_each_part_has_a_row_of_its_own(tmp_path: Path):
+    """A cell recorded now: its row holds the whole record, and each bucket has a row of its own (SQL on
+    cell_id and p50_s finds it, marked part_of); read back, the cell is what the folder holds."""
+    import json
+
+    from bench.results import RunDir
+
+    run = RunDir(tmp_path / "new")
+    run.write_meta({"run_id": "new", "status": "complete", "started": 2.0, "environment": {}})
+    run.write_cell(CellResult.from_json(_shapes_cell(parts=True)))
+    with History.open(str(tmp_path / "h.sqlite")) as h:
+        assert h.record(run) == 1  # cells, not bucket rows
+        stored = {cid: (p50, json.loads(text)) for cid, p50, text in
+                  h._exec("SELECT cell_id, p50_s, result_json FROM cells WHERE run_id = ?", ("new",)).fetchall()}
+        assert set(stored) == {SHAPES, f"{SHAPES}.seq16", f"{SHAPES}.seq64"}
+        assert len(stored[SHAPES][1]["parts"]) == 2 and "part_of" not in stored[SHAPES][1]
+        assert stored[f"{SHAPES}.seq64"][1]["part_of"] == SHAPES
+        assert stored[f"{SHAPES}.seq64"][0] == pytest.approx(_latency(_bucket(64))["p50"])
+        back = h.get("new").load_cells()
+        assert back == run.load_cells() and len(back[0].parts) == 2
+        assert h.get("new").load_cells(samples=False) == run.load_cells(samples=False)
 
 
 def test_compare_and_gate_from_the_history_alone(runs: Path, tmp_path: Path):
@@ -119,7 +209,8 @@ def test_postgresql_holds_the_same_history(runs: Path, postgres_url: str, tmp_pa
     assert "3 runs in PostgreSQL" in p.stdout
     with History.open(postgres_url) as pg, History.open(str(runs / "history.sqlite")) as lite:
         assert _cells_by_run(pg) == _cells_by_run(lite)
-        assert pg.get("slow").load_cells()[0]["samples_ns"] == lite.get("slow").load_cells()[0]["samples_ns"]
+        assert pg.get("slow").load_cells()[0].samples_ns == lite.get("slow").load_cells()[0].samples_ns
+        assert pg.get("slow").load_cells() == lite.get("slow").load_cells()
     # recording a run again replaces it rather than duplicating it
     p = run_bench("history", "--history", postgres_url, "--out", str(runs), "--record", "slow", cwd=tmp_path)
     assert "3 runs in PostgreSQL" in p.stdout
@@ -143,7 +234,7 @@ def test_shards_recorded_at_once_into_one_postgresql_make_one_run(postgres_url: 
     PostgreSQL at the same time: neither replaces the other, the run id resolves to both together
     only, a half-recorded run is refused as a baseline, the merged run keeps the run's id, and a
     baseline lacking cells the new run measured fails the comparison unless that is expected."""
-    from bench.errors import UserError
+    from plumbing.errors import UserError
     from tests.conftest import FAST, bench_env
 
     matrix = ["--models", "mlp", "--strategies", "torch", "--batch-sizes", "1,2", "--concurrency", "1",
@@ -159,7 +250,7 @@ def test_shards_recorded_at_once_into_one_postgresql_make_one_run(postgres_url: 
         shards = {r["run_id"]: r["status"] for r in h.runs() if r["run_id"].startswith("nightly")}
         assert shards == {"nightly@shard-1-of-2": "shard", "nightly@shard-2-of-2": "shard"}
         whole = h.get("nightly")
-        assert sorted(c["cell"]["id"] for c in whole.load_cells(samples=False)) == ["mlp/torch/b1/t1/c1", "mlp/torch/b2/t1/c1"]
+        assert sorted(c.id for c in whole.load_cells(samples=False)) == ["mlp/torch/b1/t1/c1", "mlp/torch/b2/t1/c1"]
         assert whole.meta()["status"] == "complete"
     p = run_bench("compare", "nightly", "nightly", "--history", postgres_url, "--out", str(tmp_path), cwd=tmp_path)
     assert p.returncode == 0 and "over 2 cells (2 of the baseline's 2 valid cells)" in p.stdout, p.stdout + p.stderr

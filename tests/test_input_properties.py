@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 import strategies
 from bench.config import MODEL_KEYS, PAYLOAD_SWEEP_KEYS, TOP_KEYS, RunConfig, build_config
-from bench.errors import UserError
 from bench.measure import SamplingConfig
 from fixtures.specs import INPUT_KINDS, SUPPORTED_DTYPES, parse_input_spec
+from plumbing.errors import UserError
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -78,7 +78,7 @@ def test_cpp_exceptions_become_python_exceptions(prepared, tmp_path: Path):
 
 
 def test_aoti_export_failure_names_the_exporter(tmp_path: Path):
-    from bench.config import make_custom_model
+    from fixtures.custom import make_custom_model
     from fixtures.specs import parse_input_spec
 
     s = require_strategy("libtorch-aoti")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from strategies.base import ModelHandle, SessionOptions
-from strategies.onnxruntime.export import LEVELS, export_into
+from strategies.shared.onnx_export import LEVELS, export_into
 from tests.conftest import CACHE, IN_CI, require_strategy
 
 

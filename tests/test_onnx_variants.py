@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import make_custom_model
 from fixtures.builtin import BUILTIN_MODELS
+from fixtures.custom import make_custom_model
 from fixtures.specs import parse_input_spec
 from strategies.base import ModelHandle, SessionOptions
-from strategies.onnxruntime.export import LEVELS, export_into, export_torchscript_based, variant_for
+from strategies.shared.onnx_export import LEVELS, export_into, export_torchscript_based, variant_for
 from tests.conftest import CACHE, require_strategy
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.config import make_custom_model
 from fixtures.builtin import BUILTIN_MODELS
+from fixtures.custom import make_custom_model
 from fixtures.specs import parse_input_spec
 from strategies.base import ModelHandle, SessionOptions
 from tests.conftest import require_strategy
@@ -137,7 +137,7 @@ def test_versions_describe_and_cache_key(strategy, identity):
     assert facts["openvino"] == ov.get_version() and facts["dynamic_batch"] is True
     assert "ONNX" in facts["source"] and "copied" in facts["outputs"]
     # the artifact comes from the ONNX Runtime routes' shared export, so the exporter is in the key
-    from strategies.onnxruntime.export import exporter_id
+    from strategies.shared.onnx_export import exporter_id
 
     assert strategy.runtime_versions()["onnx export"] == exporter_id()
     assert facts["source"].endswith(("dynamo exporter", "torchscript exporter"))

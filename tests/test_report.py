@@ -122,3 +122,63 @@ def test_the_report_renders_in_a_real_browser(quick_run: Path, tmp_path: Path):
     assert (w, h) == (1300, 1600)
     distinct = len(set(raw[k] for k in range(0, len(raw), 97)))
     assert distinct > 20, distinct  # text, tables and colours, not one flat colour
+
+
+def _record(cell, status="ok", p50_us=100.0, **kw):
+    """A typed cell record as a worker makes one (its samples drawn around p50)."""
+    import numpy as np
+
+    from bench.record import CellResult, Correctness, OutputCheck, Status, Throughput
+    from bench.stats import summarize
+
+    if status in ("error", "skipped"):
+        return CellResult(cell, Status(status), **kw)
+    ns = [int(x) for x in np.random.default_rng(0).normal(p50_us * 1e3, p50_us * 50, 600)]
+    lat = summarize(np.asarray(ns) / 1e9)
+    check = OutputCheck(ok=status != "invalid", shape=[cell.batch, 4], dtype="float32", max_abs=2e-6, max_rel=1e-6,
+                        worst={"error": 2e-6, "allowed": 1e-4, "used": 0.02})
+    kw.setdefault("correctness", Correctness(ok=status != "invalid", atol=1e-4, rtol=1e-3, outputs={"logits": check}))
+    return CellResult(cell, Status(status), latency=lat, samples_ns=ns, throughput=Throughput.of(1 / lat.p50, cell.batch),
+                      open_s=0.02, first_call_s=0.001, payload_bytes=1024,
+                      cold_start_phases={"interpreter": 0.05, "runtime import": 1.0, "open": 0.02, "first call": 0.001}, **kw)
+
+
+def test_a_report_reads_typed_records_and_a_cell_s_parts_are_rows_not_cells(tmp_path: Path):
+    """Without a benchmark run: a folder of typed records (a shapes cell measuring two length buckets, one
+    route wrong at some lengths, one failed) reports each cell once, its parts as rows where rows are shown."""
+    from bench.record import Cell, Part, Prepare
+    from bench.results import RunDir
+    from plumbing.files import atomic_write_json
+    from reports.content import build
+
+    run = RunDir(tmp_path / "r")
+    cells = [Cell("mlp", s, 1, 1, 1) for s in ("torch", "onnxruntime", "libtorch-ts")]
+    shapes = [Cell("transformer", s, 1, 1, 1, "", "shapes", "lognormal") for s in ("torch", "onnxruntime")]
+    detail = {"dim": "seq", "requests": [{"length": n, "bucket": b, "p50_ms": 0.1 * n, "ok": n < 20, "first_ms": 1.0,
+                                          "new_shape": True} for n, b in ((8, "8-15"), (20, "16-31"))]}
+    parts = [Part("seq8-15", _record(shapes[0], p50_us=80.0).latency), Part("seq16-31", _record(shapes[0], p50_us=160.0).latency)]
+    records = [
+        _record(cells[0]), _record(cells[1], p50_us=70.0, prepare=Prepare(cache_hit=True, seconds=0.0, built_seconds=12.5)),
+        _record(cells[2], "error", error="worker exited with code 1\nmore", traceback="Traceback: boom"),
+        _record(shapes[0], p50_us=120.0, detail=detail, parts=parts),
+        _record(shapes[1], "invalid", p50_us=90.0, detail=detail, parts=parts, error="wrong outputs: at 1 of 2 requests"),
+    ]
+    for r in records:
+        run.write_cell(r)
+    atomic_write_json(run.path / "run.json", {
+        "status": "complete", "cells": [r.cell.to_json() for r in records],
+        "config": {"models": ["mlp", "transformer"], "scenarios": ["latency", "shapes"], "seed": 0}})
+    report = build(run)
+    assert " 5 cells (3 valid) " in report.subtitle  # the two length buckets are rows of their cell, not cells
+    assert not any("cells measured" in w for w in report.warnings)
+    assert any("1 cell(s) failed: mlp/libtorch-ts/b1/t1/c1" in w for w in report.warnings)
+    sec = {s.id: s for s in report.sections}
+    cold = {row[1]: row for row in sec["coldstart"].tables[0].rows}
+    assert cold["onnxruntime"][-1] == "cache hit" and cold["onnxruntime"][-3] == "12.50 s" and cold["torch"][-1] == "-"
+    checked = [row[0] for row in sec["correctness"].tables[0].rows]
+    assert shapes[0].id + ".seq8-15" in checked and checked.count(cells[0].id) == 1
+    assert sec["errors"].details == [(cells[2].id, "Traceback: boom")]
+    # the scenario's own part gets its cells (parts inside): one row per route, the wrong one said once
+    table = sec["shapes"].tables[0]
+    assert [row[0] for row in table.rows] == ["onnxruntime", "torch"], table.rows
+    assert re.fullmatch(r"(79|80)\.\d µs \(p99 \d+\.\d µs\)", table.rows[1][1]), table.rows[1]  # the bucket's own row

@@ -93,7 +93,7 @@ def test_each_length_bucket_is_a_row_of_its_own_and_the_report_plots_latency_aga
     with History.open(str(shaped.parent / "h.sqlite")) as h:
         h.record(RunDir(shaped))
         back = h.get("s").load_cells(samples=False)
-    assert {r["cell"]["id"] for r in back} == {r["cell"]["id"] for r in cells}
+    assert back == [r.without_samples() for r in cells]
 
 
 def _write(folder: Path, name: str, **arrays: np.ndarray) -> Path:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.errors import UserError
 from fixtures.builtin import BUILTIN_MODELS
 from fixtures.specs import ModelSpec, make_inputs, parse_input_spec
+from plumbing.errors import UserError
 
 
 def test_parse_input_spec_full_syntax():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import strategies
-from bench.config import make_custom_model
 from fixtures.builtin import BUILTIN_MODELS
+from fixtures.custom import make_custom_model
 from fixtures.loading import build_model, run_eager
 from fixtures.specs import parse_input_spec
 from strategies.base import ModelHandle, SessionOptions

@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bench.errors import UserError
 from bench.scenarios.base import Context, Curve, Measured, Metric, Option, Part, PartTable, Scenario
+from plumbing.errors import UserError
 
 __all__ = ["Context", "Curve", "Measured", "Metric", "Option", "Part", "PartTable", "Scenario",
            "register", "discover", "get", "lookup", "names", "infer", "LEGACY"]

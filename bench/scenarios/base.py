@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from bench.errors import UserError
+from plumbing.errors import UserError
 
 if TYPE_CHECKING:
     from bench.config import RunConfig
     from bench.cpu import CpuMeter
     from bench.measure import SamplingConfig
-    from bench.results import Cell
+    from bench.record import Cell, CellResult
     from strategies.base import Arrays, Session
 
 
@@ -185,16 +185,18 @@ class Scenario:
     def measure(self, ctx: Context) -> Measured:
         raise NotImplementedError
 
-    def warnings(self, result: dict[str, Any]) -> list[str]:
+    def warnings(self, result: CellResult) -> list[str]:
         """One-line warnings about a finished cell, for the terminal and the report."""
-        return list((result.get("scenario_detail") or {}).get("warnings", []))
+        return list(result.detail.get("warnings", []))
 
-    def describe(self, result: dict[str, Any]) -> str:
+    def describe(self, result: CellResult) -> str:
         """The progress line's text for a finished cell (default: p50 and p99)."""
         return ""
 
-    def report(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], options: dict[str, Any]) -> Part | None:
-        """This scenario's section of the report from its summary rows and cell results (None: none)."""
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+        """This scenario's section of the report from its summary.csv rows (plain dicts, one per cell and one
+        per part of a cell) and its cell records (``bench.record.CellResult``, each cell's parts inside it;
+        ``bench.record.rows`` gives them as rows of their own). None: no section."""
         return None
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.measure import closed_loop
-from bench.results import Cell
+from bench.record import Cell
 from bench.scenarios import register
 from bench.scenarios.base import Context, Measured, Metric, Scenario
 from bench.scenarios.latency import main_grid

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from bench import arrivals
-from bench.errors import UserError
-from bench.results import Cell
+from bench.record import Cell, CellResult
 from bench.scenarios import register
 from bench.scenarios.base import (
     Context,
@@ -28,6 +27,7 @@ from bench.scenarios.base import (
     positive_number,
 )
 from bench.scenarios.latency import main_grid
+from plumbing.errors import UserError
 
 MAX_RATE = 1e6
 # a rate above this share of the Python load generator's own ceiling is flagged: past it the
@@ -170,8 +170,8 @@ class OpenLoop(Scenario):
             cpu_by_role={k: v / 1e3 * served for k, v in figs["cpu_by_role_ms"].items()},
         )
 
-    def describe(self, result: dict[str, Any]) -> str:
-        d = result.get("scenario_detail") or {}
+    def describe(self, result: CellResult) -> str:
+        d = result.detail
         if "rate" not in d:
             return ""
         ms = {k: f"{d[k] * 1e3:.2f}ms" if d.get(k) is not None else "-" for k in ("p50_s", "p99_s")}
@@ -179,8 +179,8 @@ class OpenLoop(Scenario):
                 f"p50 {ms['p50_s']} p99 {ms['p99_s']} (from arrival)  late {d.get('late_fraction') or 0:.1%}  "
                 f"queue {d.get('max_queue') or 0:.0f}  CPU {d.get('cpu_ms_per_inference') or 0:.2f}ms/inference")
 
-    def report(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], options: dict[str, Any]) -> Part | None:
-        ok = [r for r in results if r["status"] == "ok" and r.get("scenario_detail")]
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+        ok = [r for r in results if r.ok and r.detail]
         if not ok:
             return None
         part = Part("open-loop", "Open-loop load: latency against offered rate")
@@ -191,9 +191,9 @@ class OpenLoop(Scenario):
             f"caller sent more than {arrivals.LATE_S * 1e3:g} ms after their time (all callers busy, or the "
             "generator behind); *queue* is the most requests due but not yet sent.")
         rows_out, series = [], {}
-        for r in sorted(ok, key=lambda r: (r["cell"]["model"], r["cell"]["batch"], r["cell"]["strategy"], label_rate(r["cell"]["point"]))):
-            c, d = r["cell"], r["scenario_detail"]
-            rows_out.append([c["model"], str(c["batch"]), c["strategy"], f"{d['rate']:g}", f"{d['offered_rps']:,.0f}",
+        for r in sorted(ok, key=lambda r: (r.cell.model, r.cell.batch, r.cell.strategy, label_rate(r.cell.point))):
+            c, d = r.cell, r.detail
+            rows_out.append([c.model, str(c.batch), c.strategy, f"{d['rate']:g}", f"{d['offered_rps']:,.0f}",
                              f"{d['achieved_rps']:,.0f}" if d.get("achieved_rps") else "-",
                              *(f"{d[k] * 1e3:.2f}" if d.get(k) is not None else "-" for k in ("p50_s", "p90_s", "p99_s", "p99.9_s")),
                              f"{d['service_p99_s'] * 1e3:.2f}" if d.get("service_p99_s") is not None else "-",
@@ -201,11 +201,11 @@ class OpenLoop(Scenario):
                              f"{d['cpu_ms_per_inference']:.2f}" if d.get("cpu_ms_per_inference") is not None else "-",
                              d.get("driver", "")])
             if d.get("p99_s") is not None:
-                series.setdefault(f"{c['model']} b{c['batch']}: {c['strategy']}", []).append((d["rate"], d["p99_s"]))
+                series.setdefault(f"{c.model} b{c.batch}: {c.strategy}", []).append((d["rate"], d["p99_s"]))
         part.tables.append(PartTable(
             ["model", "batch", "strategy", "rate/s", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
              "p99 from send ms", "late", "queue", "CPU ms/inference", "callers run by"], rows_out))
         part.curves.append(Curve("open_loop_p99", "offered rate (requests/s)", "p99 from arrival", series, y_seconds=True, log_y=True))
         for r in ok:
-            part.text.extend(f"Warning ({r['cell']['id']}): {w}" for w in r["scenario_detail"].get("warnings", []))
+            part.text.extend(f"Warning ({r.id}): {w}" for w in r.detail.get("warnings", []))
         return part

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.results import Cell
+from bench.record import Cell
 from bench.scenarios import register
 from bench.scenarios.base import Context, Measured, Scenario
 from bench.scenarios.latency import Latency

@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.results import Cell
+from bench.record import Cell, CellResult, Status
 from bench.scenarios import register
 from bench.scenarios.base import (
     Context,
@@ -38,6 +37,7 @@ from bench.scenarios.base import (
     choice,
     positive_int,
 )
+from plumbing.errors import UserError
 from strategies.base import ShapeUnsupported
 
 DEFAULT_REQUESTS = 24
@@ -215,8 +215,8 @@ class Shapes(Scenario):
                         unsupported=(f"{sum(p['unsupported'] for p in per)} of {len(per)} requests: {unsupported}"
                                      if unsupported else ""))
 
-    def describe(self, result: dict[str, Any]) -> str:
-        d = result.get("scenario_detail") or {}
+    def describe(self, result: CellResult) -> str:
+        d = result.detail
         reqs = d.get("requests") or []
         if not reqs:
             return ""
@@ -228,9 +228,9 @@ class Shapes(Scenario):
         bad = sum(not p["ok"] for p in reqs)
         return f"{len(reqs)} requests  {text}" + (f"  {bad} WRONG" if bad else "")
 
-    def report(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], options: dict[str, Any]) -> Part | None:
-        mine = [r for r in results if r["status"] in ("ok", "invalid", "unsupported")
-                and (r.get("scenario_detail") or {}).get("requests")]
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+        mine = [r for r in results if (r.status.ran or r.status is Status.UNSUPPORTED)
+                and r.detail.get("requests")]
         if not mine:
             return None
         part = Part("shapes", "Variable shapes: latency against length, and every request checked")
@@ -239,53 +239,52 @@ class Shapes(Scenario):
             point = str(row.get("point") or "")
             if "." in point:
                 pooled[(row["model"], row["strategy"], point.split(".", 1)[1])] = (row.get("p50_ms"), row.get("p99_ms"))
-        replay = any(r["cell"]["point"] == "replay" for r in mine)
+        replay = any(r.cell.point == "replay" for r in mine)
         part.text.append(
-            ("Recorded requests replayed" if replay else f"{len(mine[0]['scenario_detail']['requests'])} requests with "
+            ("Recorded requests replayed" if replay else f"{len(mine[0].detail['requests'])} requests with "
              f"lengths drawn {options.get('lengths', 'lognormal')} over each model's range")
             + ", in the same order through every strategy, one caller. *first call (new shape)* is the median first "
             "call of a request whose shape the session had not seen: re-planning, recompiling or a shape guard show "
             "there. Every request's outputs are checked against eager torch; a strategy wrong at any length is "
             "invalid, never ranked.")
-        for model in dict.fromkeys(r["cell"]["model"] for r in mine):
-            rs = sorted((r for r in mine if r["cell"]["model"] == model), key=lambda r: r["cell"]["strategy"])
-            d0 = rs[0]["scenario_detail"]
+        for model in dict.fromkeys(r.cell.model for r in mine):
+            rs = sorted((r for r in mine if r.cell.model == model), key=lambda r: r.cell.strategy)
+            d0 = rs[0].detail
             dim = d0.get("dim") or "size"
-            buckets = list(dict.fromkeys(p["bucket"] for r in rs for p in sorted(r["scenario_detail"]["requests"],
+            buckets = list(dict.fromkeys(p["bucket"] for r in rs for p in sorted(r.detail["requests"],
                                                                                    key=lambda p: p["length"])))
             series: dict[str, list[tuple[float, float]]] = {}
             table = []
             for r in rs:
-                d = r["scenario_detail"]
+                d = r.detail
                 by: dict[str, list[float]] = {}
                 pts: dict[int, list[float]] = {}
                 for p in d["requests"]:
                     if p.get("p50_ms") is not None:
                         by.setdefault(p["bucket"], []).append(p["p50_ms"])
                         pts.setdefault(p["length"], []).append(p["p50_ms"] / 1e3)
-                series[r["cell"]["strategy"]] = sorted((float(n), float(np.median(v))) for n, v in pts.items() if n)
+                series[r.cell.strategy] = sorted((float(n), float(np.median(v))) for n, v in pts.items() if n)
                 c = d.get("correctness") or {}
                 errs = "; ".join(f"{k} max {_e(o.get('max_abs'))}, p99 {_e(o.get('p99_abs'))} (rel max {_e(o.get('max_rel'))})"
                                  for k, o in c.get("outputs", {}).items())
                 agree = c.get("argmax_agreement")
                 firsts = [p["first_ms"] for p in d["requests"] if p["new_shape"]]
-                status = "ok" if r["status"] == "ok" else (
+                status = "ok" if r.ok else (
                     f"cannot take {sum(p.get('unsupported', False) for p in d['requests'])} of {len(d['requests'])}"
-                    if r["status"] == "unsupported" else f"WRONG at {sum(not p['ok'] for p in d['requests'])} of {len(d['requests'])}")
-                table.append([r["cell"]["strategy"]] + [_bucket(pooled.get((model, r["cell"]["strategy"], f"{dim}{b}")), by.get(b))
+                    if r.status is Status.UNSUPPORTED else f"WRONG at {sum(not p['ok'] for p in d['requests'])} of {len(d['requests'])}")
+                table.append([r.cell.strategy] + [_bucket(pooled.get((model, r.cell.strategy, f"{dim}{b}")), by.get(b))
                                                         for b in buckets]
                              + [_ms(float(np.median(firsts))) if firsts else "-", status, errs or "-",
                                 f"{agree:.1%}" if agree is not None else "-"])
             for r in results:  # the routes of this model with nothing per request to show: say why
-                c = r["cell"]
-                if c["model"] == model and r not in mine and r["status"] != "ok":
-                    table.append([c["strategy"]] + ["-"] * len(buckets)
-                                 + ["-", f"{r['status']}: {(r.get('error') or '').splitlines()[0][:160] if r.get('error') else ''}",
+                if r.cell.model == model and r not in mine and not r.ok:
+                    table.append([r.cell.strategy] + ["-"] * len(buckets)
+                                 + ["-", f"{r.status}: {r.first_error_line[:160]}",
                                     "-", "-"])
             part.tables.append(PartTable(["strategy"] + [f"{dim} {b}: p50 (p99)" for b in buckets]
                                          + ["first call (new shape)", "outputs", "abs error (max, p99 over requests; rel max)",
                                             "argmax agrees"], table,
-                                         caption=f"{model}: median latency per {dim} bucket, batch {rs[0]['cell']['batch']}"))
+                                         caption=f"{model}: median latency per {dim} bucket, batch {rs[0].cell.batch}"))
             if any(series.values()):
                 part.curves.append(Curve(f"shapes-{model}", f"{dim} (the request's length)", "median latency", series,
                                          log_y=True, y_seconds=True,

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from bench.constraints import parse_ms
-from bench.errors import UserError
-from bench.results import Cell
+from bench.record import Cell, CellResult
 from bench.scenarios import register
 from bench.scenarios.base import (
     Context,
@@ -39,6 +38,7 @@ from bench.scenarios.open_loop import (
     window_options,
 )
 from bench.stats import quantile_ci
+from plumbing.errors import UserError
 
 
 def check_budget(label: str, value: Any) -> float:
@@ -181,8 +181,8 @@ class Slo(Scenario):
                         detail=detail,
                         cpu_s=chosen["cpu_ms_per_inference"] / 1e3 * len(ns) if chosen.get("cpu_ms_per_inference") else math.nan)
 
-    def describe(self, result: dict[str, Any]) -> str:
-        d = result.get("scenario_detail") or {}
+    def describe(self, result: CellResult) -> str:
+        d = result.detail
         if "max_rps" not in d:
             return ""
         budget = d["budget_s"] * 1e3
@@ -193,11 +193,11 @@ class Slo(Scenario):
                 + (f" (p99 there {ci[0] * 1e3:.2f}-{ci[1] * 1e3:.2f}ms)" if ci else "")
                 + (f", {d['failed_at']:,.0f}/s failed" if d.get("failed_at") else "") + f", {len(d['steps'])} windows")
 
-    def report(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], options: dict[str, Any]) -> Part | None:
-        ok = [r for r in results if r["status"] == "ok" and "max_rps" in (r.get("scenario_detail") or {})]
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+        ok = [r for r in results if r.ok and "max_rps" in r.detail]
         if not ok:
             return None
-        budget = options.get("p99") or ok[0]["scenario_detail"]["budget_s"]
+        budget = options.get("p99") or ok[0].detail["budget_s"]
         part = Part("slo", f"The highest request rate within a p99 of {budget * 1e3:g} ms")
         part.text.append(
             f"Per strategy, a search over open-loop rates ({options.get('arrival', 'poisson')} arrivals, each window "
@@ -207,10 +207,10 @@ class Slo(Scenario):
             "that did not hold, so the capacity lies between the two. CPU is per inference at that rate, summed over "
             "every process of the route (what it leaves for the application).")
         rows_out, curves = [], {}
-        for r in sorted(ok, key=lambda r: (r["cell"]["model"], r["cell"]["batch"], -(r["scenario_detail"]["max_rps"] or 0))):
-            c, d = r["cell"], r["scenario_detail"]
+        for r in sorted(ok, key=lambda r: (r.cell.model, r.cell.batch, -(r.detail["max_rps"] or 0))):
+            c, d = r.cell, r.detail
             ci = d.get("p99_ci")
-            rows_out.append([c["model"], str(c["batch"]), c["strategy"],
+            rows_out.append([c.model, str(c.batch), c.strategy,
                              ("≥" if d.get("capped") else "") + (f"{d['max_rps']:,.0f}" if d["max_rps"] is not None else "none"),
                              f"{d['failed_at']:,.0f}" if d.get("failed_at") else "-",
                              f"{ci[0] * 1e3:.2f}-{ci[1] * 1e3:.2f}" if ci else "-",
@@ -219,14 +219,14 @@ class Slo(Scenario):
                              str(len(d["steps"])), d.get("driver", "")])
             pts = sorted((s["rate"], s["p99_s"]) for s in d["steps"] if s.get("p99_s") is not None and not s.get("stopped_early"))
             if pts:
-                curves.setdefault(c["model"], {})[f"b{c['batch']} {c['strategy']}"] = pts
+                curves.setdefault(c.model, {})[f"b{c.batch} {c.strategy}"] = pts
         part.tables.append(PartTable(["model", "batch", "strategy", "highest rate/s", "failed at/s", "p99 there (95% CI) ms",
                                       "confident", "CPU ms/inference", "windows", "callers run by"], rows_out))
         for model, series in curves.items():
             part.curves.append(Curve(f"slo_{model}", "offered rate (requests/s)", f"{model}: p99 from arrival", series,
                                      hline=budget, hline_label="budget", y_seconds=True, log_y=True))
         for r in ok:
-            part.text.extend(f"Note ({r['cell']['id']}): {w}" for w in r["scenario_detail"].get("warnings", []))
+            part.text.extend(f"Note ({r.id}): {w}" for w in r.detail.get("warnings", []))
         return part
 
 

@@ -39,9 +39,9 @@ RUNTIME_FLAG = CliFlag("--clr-runtime", "runtime",
 
 
 def runtime_of(settings: Any) -> str:
-    from strategies.clr import build
+    from strategies.shared import dotnet
 
-    return build.check_runtime(settings.get("runtime") or build.default_runtime())
+    return dotnet.check_runtime(settings.get("runtime") or dotnet.default_runtime())
 
 
 def closed_loop_in_clr(ib: Any, net_callers: list[Any], duration_s: float, warmup_s: float,
@@ -84,11 +84,11 @@ class ClrSession(Session):
     runs_arrivals = True  # ClosedLoop.RunOpen: the C# application's own threads serve the schedule
 
     def __init__(self, model: ModelHandle, options: SessionOptions, naive: bool) -> None:
-        from strategies.clr import build
+        from strategies.shared import dotnet
         from strategies.torch.strategy import TorchSession
 
         self.runtime = runtime_of(options.settings)
-        self._ib = build.load(self.runtime)
+        self._ib = dotnet.load(self.runtime)
         self.load_threads: dict[str, list[int]] = {}
         self._torch = TorchSession(model, options.threads)  # the Python side: eager torch, as `torch` runs it
         names = [t.name for t in model.spec.inputs]
@@ -183,9 +183,9 @@ class ClrSession(Session):
         return {"clr_managed_heap": int(self._ib.Runner.ManagedHeapBytes())}
 
     def describe(self) -> dict[str, Any]:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        return {"runtime": f"{build.runtime_label(self.runtime)} via pythonnet {package_version('pythonnet')}",
+        return {"runtime": f"{dotnet.runtime_label(self.runtime)} via pythonnet {package_version('pythonnet')}",
                 "callers": "C# threads (ClosedLoop.cs), each taking the GIL per call",
                 "marshaling": "element by element" if self.naive else "bulk (pinned arrays, memcpy)",
                 "clock": f"Stopwatch inside the CLR, {1e9 / self.frequency:g} ns ticks",
@@ -211,50 +211,50 @@ class ClrStrategy(Strategy):
         return self.name.partition("@")[2] or None
 
     def available(self) -> Availability:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        reason = build.missing(self.fixed_runtime() or build.default_runtime())
+        reason = dotnet.missing(self.fixed_runtime() or dotnet.default_runtime())
         return Availability(not reason, reason)
 
     def default_variant(self) -> str:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        return f"{build.default_runtime()} ({build.runtime_label(build.default_runtime())})"
+        return f"{dotnet.default_runtime()} ({dotnet.runtime_label(dotnet.default_runtime())})"
 
     def variant_reason(self, variant: str) -> str:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        return build.missing(variant)
+        return dotnet.missing(variant)
 
     #: the [strategy.NAME] settings of this route that are true or false
     bool_settings: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
         """Every clr-* route's artifact: the one compiled assembly (cached by its sources' hash)."""
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        (out_dir / "assembly.txt").write_text(f"{build.build()}\n")
+        (out_dir / "assembly.txt").write_text(f"{dotnet.build()}\n")
 
     def check_settings(self, settings: Any) -> None:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
         for key in self.bool_settings:
             if key in settings and not isinstance(settings[key], bool):
                 raise ValueError(f"{key} must be true or false, not {settings[key]!r}")
         if settings.get("runtime") is not None:
-            build.check_runtime(settings["runtime"])
-            reason = build.missing(settings["runtime"])
+            dotnet.check_runtime(settings["runtime"])
+            reason = dotnet.missing(settings["runtime"])
             if reason:
                 raise ValueError(reason)
 
     def runtime_versions(self) -> dict[str, str]:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        versions = {"mono": build.mono_version(), "pythonnet": package_version("pythonnet")}
+        versions = {"mono": dotnet.mono_version(), "pythonnet": package_version("pythonnet")}
         if self.fixed_runtime():
-            versions["clr"] = build.runtime_label(self.fixed_runtime())
-        if build.coreclr_root() is not None:
-            versions["coreclr"] = build.coreclr_version()
+            versions["clr"] = dotnet.runtime_label(self.fixed_runtime())
+        if dotnet.coreclr_root() is not None:
+            versions["coreclr"] = dotnet.coreclr_version()
         return versions
 
 
@@ -290,10 +290,10 @@ class ClrCallerSession(Session):
     runs_arrivals = True  # ClosedLoop.RunOpen: the C# application's own threads serve the schedule
 
     def __init__(self, model: ModelHandle, options: SessionOptions, runtime: str | None = None) -> None:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
         self.runtime = runtime or runtime_of(options.settings)
-        self._ib = build.load(self.runtime)
+        self._ib = dotnet.load(self.runtime)
         self.names = [t.name for t in model.spec.inputs]
         self.outputs = list(model.spec.outputs)
         self._lock = threading.Lock()

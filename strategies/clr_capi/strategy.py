@@ -61,11 +61,11 @@ class ClrCapiSession(ClrCallerSession):
         return self.capi.NewCaller(dtypes, shapes, addresses)
 
     def describe(self) -> dict[str, Any]:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
         return {"caller": "C# calling CPython's C API by P/Invoke (CapiRunner.cs), timed in the CLR; "
                           "concurrent callers are C# threads, each taking the GIL per call (PyGILState_Ensure)",
-                "runtime": build.runtime_label(self.runtime),
+                "runtime": dotnet.runtime_label(self.runtime),
                 "inputs": "memoryviews over pinned .NET arrays (buffer protocol, no copy); shapes and dtypes as JSON text",
                 "outputs": "read through the buffer protocol, one memcpy each into reused .NET arrays",
                 "library": f"{libpython().name}, called directly (no pythonnet in the call path)"}

@@ -43,11 +43,11 @@ class ClrGrpcSession(ClrCallerSession):
         return self.server.pids()
 
     def describe(self) -> dict[str, Any]:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
         return {"caller": "C# (GrpcClient.cs) over .NET's HTTP/2 stack (SocketsHttpHandler), timed in the CLR; "
                           "concurrent callers are C# threads sharing one HttpClient",
-                "runtime": build.runtime_label(self.runtime),
+                "runtime": dotnet.runtime_label(self.runtime),
                 "transport": "Unix domain socket (ConnectCallback)" if self.transport == "uds" else "TCP loopback 127.0.0.1",
                 "encoding": "raw bytes; gRPC framing and protobuf written by hand (no NuGet here)",
                 "http/2 settings": str(self.client.Settings),
@@ -74,22 +74,22 @@ class _ClrGrpc(ClrStrategy):
     settings_keys = ("deadline_s", "max_message_bytes", "startup_timeout_s")
 
     def available(self) -> Availability:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
         for module, dist in (("grpc", "grpcio"), ("grpc_tools", "grpcio-tools"), ("grpc_health", "grpcio-health-checking")):
             a = Availability.missing_module(module, f"pip install {dist}")
             if not a.ok:
                 return a
-        reason = build.missing("coreclr")
+        reason = dotnet.missing("coreclr")
         return Availability(not reason, reason + (f" ({NO_HTTP2_ON_MONO})" if reason else ""))
 
     def default_variant(self) -> str:
         return ""
 
     def runtime_versions(self) -> dict[str, str]:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        return {"clr": build.runtime_label("coreclr"), "pythonnet": package_version("pythonnet"),
+        return {"clr": dotnet.runtime_label("coreclr"), "pythonnet": package_version("pythonnet"),
                 **{d: package_version(d) for d in ("grpcio", "protobuf", "torch")}}
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:

@@ -8,7 +8,7 @@ from typing import Any
 from strategies import register
 from strategies.base import Availability, ModelHandle, Session, SessionOptions, package_version
 from strategies.clr.strategy import RUNTIME_FLAG, ClrCallerSession, ClrStrategy
-from strategies.onnxruntime.export import (
+from strategies.shared.onnx_export import (
     LEVELS,
     VARIANT_FLAG,
     check_ort_settings,
@@ -17,13 +17,7 @@ from strategies.onnxruntime.export import (
     exporter_id,
     variant_for,
 )
-
-
-def ort_library() -> Path:
-    """The wheel's libonnxruntime.so.<version>, the C library every ONNX Runtime route calls."""
-    from strategies.cpp_onnxruntime.build import ort_library as find
-
-    return find()
+from strategies.shared.ort_library import ort_library
 
 
 class ClrOrtSession(ClrCallerSession):
@@ -56,12 +50,12 @@ class ClrOrtSession(ClrCallerSession):
         return self.ort.NewCaller(dtypes, shapes, addresses, self._reuse)
 
     def describe(self) -> dict[str, Any]:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
         reused = any(bool(c.OutputsReused) for _, c in self._callers.values())
         return {"caller": "C# calling ONNX Runtime's C API (OrtRunner.cs, the project's own binding), timed in the CLR; "
                           "concurrent callers are C# threads",
-                "runtime": build.runtime_label(self.runtime),
+                "runtime": dotnet.runtime_label(self.runtime),
                 **describe_export(self._export, self._variant),
                 "inputs": "pinned .NET arrays wrapped as tensors per call (CreateTensorWithDataAsOrtValue, no copy)",
                 "outputs": ("preallocated pinned .NET arrays bound as Run's outputs (ORT writes into them, no copy)"
@@ -108,14 +102,14 @@ class ClrOnnxRuntime(ClrStrategy):
                 "onnx export": exporter_id()}
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from bench.cache import default_cache_dir
-        from strategies.clr import build
+        from plumbing.cache import default_cache_dir
+        from strategies.shared import dotnet
 
         t0 = time.perf_counter()
-        build.build()
+        dotnet.build()
         t1 = time.perf_counter()
         export_into(model, out_dir, default_cache_dir())
-        (out_dir / "build.json").write_text(json.dumps({"assembly_s": t1 - t0, "export_s": time.perf_counter() - t1}))
+        (out_dir / "dotnet.json").write_text(json.dumps({"assembly_s": t1 - t0, "export_s": time.perf_counter() - t1}))
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         assert artifacts is not None

@@ -25,8 +25,9 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from bench.cache import default_cache_dir
+from plumbing.cache import default_cache_dir
 from strategies.base import package_version
+from strategies.shared.ort_library import ort_library
 
 SOURCE = Path(__file__).with_name("runner.cpp")
 HEADERS_PACKAGE = "com.github.asus4.onnxruntime@0.4.9"  # npm: ONNX Runtime's release headers (API 29)
@@ -43,18 +44,6 @@ SONAME = "libonnxruntime.so.1"
 
 class BuildError(RuntimeError):
     """The C++ caller could not be built; the message says what is missing and how to get it."""
-
-
-def ort_library() -> Path:
-    """The wheel's libonnxruntime.so.<version> (the full C library), found without importing onnxruntime."""
-    spec = importlib.util.find_spec("onnxruntime")
-    if spec is None or not spec.submodule_search_locations:
-        raise BuildError("Python package 'onnxruntime' is not installed (pip install onnxruntime)")
-    capi = Path(next(iter(spec.submodule_search_locations))) / "capi"
-    found = sorted(capi.glob("libonnxruntime.so.*[0-9]"))
-    if not found:
-        raise BuildError(f"no libonnxruntime.so.<version> in {capi}: this onnxruntime wheel ships no C library")
-    return found[-1]
 
 
 def _key() -> str:

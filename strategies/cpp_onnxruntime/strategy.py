@@ -20,7 +20,7 @@ from strategies.base import (
     Strategy,
     package_version,
 )
-from strategies.onnxruntime.export import (
+from strategies.shared.onnx_export import (
     LEVELS,
     VARIANT_FLAG,
     check_ort_settings,
@@ -29,6 +29,7 @@ from strategies.onnxruntime.export import (
     exporter_id,
     variant_for,
 )
+from strategies.shared.ort_library import LibraryMissing, ort_library
 
 PHASES = ("wrap", "run", "unwrap")
 
@@ -116,8 +117,8 @@ class CppOnnxRuntime(Strategy):
         if build.built_library() is None and shutil.which("npm") is None:
             return Availability(False, "npm is not on PATH; it fetches ONNX Runtime's headers (apt-get install -y npm)")
         try:
-            build.ort_library()
-        except build.BuildError as e:
+            ort_library()
+        except LibraryMissing as e:
             return Availability(False, str(e))
         if build.ort_version_ok():
             return Availability(False, build.ort_version_ok())
@@ -139,7 +140,7 @@ class CppOnnxRuntime(Strategy):
                 "pybind11": package_version("pybind11"), "onnx export": exporter_id()}
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from bench.cache import default_cache_dir
+        from plumbing.cache import default_cache_dir
         from strategies.cpp_onnxruntime import build
 
         t0 = time.perf_counter()

@@ -193,8 +193,8 @@ class InferenceServicer:
 
 
 def load_spec(args: argparse.Namespace):
-    from bench.config import make_custom_model
     from fixtures.builtin import BUILTIN_MODELS
+    from fixtures.custom import make_custom_model
     from fixtures.specs import ModelSpec, parse_input_spec
 
     if args.model_spec:
@@ -213,7 +213,7 @@ def serve(args: argparse.Namespace) -> int:
     from fixtures.specs import make_inputs
 
     if args.die_with_parent:
-        from bench.processes import die_with_parent
+        from plumbing.processes import die_with_parent
 
         die_with_parent()
     torch.set_num_threads(args.threads)
@@ -252,7 +252,7 @@ def _handlers(servicer: InferenceServicer, infer):
 
 def _announce(args: argparse.Namespace, servicer: InferenceServicer, bound: str) -> None:
     if args.port_file:
-        from bench.results import atomic_write_json
+        from plumbing.files import atomic_write_json
 
         atomic_write_json(Path(args.port_file), {"address": bound, "pid": os.getpid(), "content_hash": servicer.content_hash})
     print(f"serving {servicer.spec.name} on {bound} ({args.server} server, content hash {servicer.content_hash}, "

@@ -83,7 +83,7 @@ class GrpcSession(Session):
             raise
 
     def _start_server(self, model: ModelHandle, options: SessionOptions) -> str:
-        from bench.cache import temp_dir
+        from plumbing.cache import temp_dir
         self.tmp = temp_dir("grpc-server")  # the server's socket, port file and log; swept if this worker dies
         spec_file, port_file, log = self.tmp / "spec.json", self.tmp / "port.json", self.tmp / "server.log"
         spec_file.write_text(json.dumps(model.spec.to_json()))
@@ -198,7 +198,7 @@ class GrpcSession(Session):
                 "max_message_bytes": self.max_bytes}
 
     def close(self) -> None:
-        from bench.processes import stop
+        from plumbing.processes import stop
 
         channel = getattr(self, "channel", None)
         if channel is not None:

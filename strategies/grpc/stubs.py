@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from bench.cache import default_cache_dir
+from plumbing.cache import default_cache_dir
 from strategies.base import package_version
 
 PROTO = Path(__file__).with_name("interop_inference.proto")

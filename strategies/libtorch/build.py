@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from bench.cache import default_cache_dir
+from plumbing.cache import default_cache_dir
 from strategies.base import package_version
 
 SOURCE = Path(__file__).with_name("runner.cpp")

@@ -14,7 +14,7 @@ from strategies.base import (
     Strategy,
     package_version,
 )
-from strategies.onnxruntime.export import (
+from strategies.shared.onnx_export import (
     MODEL_FILE,
     VARIANT_FLAG,
     check_ort_settings,
@@ -78,7 +78,7 @@ class OnnxRuntime(Strategy):
                 "onnx export": exporter_id()}
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from bench.cache import default_cache_dir
+        from plumbing.cache import default_cache_dir
 
         export_into(model, out_dir, default_cache_dir())
 

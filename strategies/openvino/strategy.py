@@ -1,6 +1,6 @@
 """OpenVINO Runtime on the CPU device.
 
-Source of the graph: the ONNX export the ONNX Runtime routes share (``strategies.onnxruntime.export``:
+Source of the graph: the ONNX export the ONNX Runtime routes share (``strategies.shared.onnx_export``:
 the exporter their selection chose, as plain ONNX, dynamic batch), read by OpenVINO's ONNX frontend
 and saved as IR (model.xml/.bin, fp32 weights) in ``prepare()``; ``open()`` reads the IR and runs ``compile_model``, so cold start counts
 both. Why ONNX and not ``ov.convert_model(torch_module)``, measured at 1 thread, latency hint, fp32
@@ -83,8 +83,8 @@ def convert(model: ModelHandle, out_dir: Path) -> dict[str, Any]:
     plain ONNX: a file through ORT's transformer optimizer holds ORT-only fused ops."""
     import openvino as ov
 
-    from bench.cache import default_cache_dir
-    from strategies.onnxruntime.export import export_into
+    from plumbing.cache import default_cache_dir
+    from strategies.shared.onnx_export import export_into
 
     spec = model.spec
     onnx_dir = out_dir / ONNX_DIR
@@ -243,7 +243,7 @@ class OpenVino(Strategy):
         return Availability(True)
 
     def runtime_versions(self) -> dict[str, str]:
-        from strategies.onnxruntime.export import exporter_id
+        from strategies.shared.onnx_export import exporter_id
 
         return {**{d: package_version(d) for d in ("openvino", "onnx", "onnxscript", "torch")},
                 "onnx export": exporter_id()}

@@ -35,18 +35,18 @@ def main() -> int:
 
     import numpy as np
 
-    from strategies.clr import build
     from strategies.clr.strategy import dotnet_tensors
+    from strategies.shared import dotnet
     from tests.benchmarks.common import median_call_s
 
-    reason = build.missing()
+    reason = dotnet.missing()
     if reason:
         print(f"clr benchmark cannot run: {reason}")
         return 1
-    ib = build.load()
+    ib = dotnet.load()
 
     runner = ib.Runner(lambda *a: (), False)
-    print(f"Mono {build.mono_version()}, pythonnet, Stopwatch ticks of {1e9 / ib.Runner.Frequency:g} ns, "
+    print(f"Mono {dotnet.mono_version()}, pythonnet, Stopwatch ticks of {1e9 / ib.Runner.Frequency:g} ns, "
           f"{args.rounds} rounds")
 
     # ---- empty calls across the boundary ----

@@ -50,11 +50,11 @@ def child(runtime: str, seconds: float, cache: Path) -> dict:
     import strategies
     from fixtures.builtin import BUILTIN_MODELS
     from strategies.base import ModelHandle, SessionOptions
-    from strategies.clr import build
+    from strategies.shared import dotnet
     from tests.benchmarks.common import rotating
 
     settings = {"runtime": runtime}
-    sessions, inputs, out = {}, {}, {"runtime": build.runtime_label(runtime), "ort": {}, "embed": {}, "empty": {}}
+    sessions, inputs, out = {}, {}, {"runtime": dotnet.runtime_label(runtime), "ort": {}, "embed": {}, "empty": {}}
     for model in {m for m, _ in ORT_CASES + EMBED_CASES}:
         handle = ModelHandle(BUILTIN_MODELS[model], 0)
         for name in (*ORT_ROUTES, "clr-embed"):
@@ -80,7 +80,7 @@ def child(runtime: str, seconds: float, cache: Path) -> dict:
         measures[f"clr-embed|{model}|{batch}"] = (
             lambda s=sessions[("clr-embed", model)], x=inputs[(model, batch)]: _median_of_calls(s, x, seconds))
 
-    ib = build.load(runtime)
+    ib = dotnet.load(runtime)
 
     def noop() -> None:
         return None
@@ -118,10 +118,10 @@ def main() -> int:
         print("RESULT " + json.dumps(child(args.child, args.seconds, Path(args.cache))), flush=True)
         return 0
 
-    from strategies.clr import build
+    from strategies.shared import dotnet
 
-    runtimes = [r for r in ("coreclr", "mono") if not build.missing(r)]
-    missing = {r: build.missing(r) for r in ("coreclr", "mono") if build.missing(r)}
+    runtimes = [r for r in ("coreclr", "mono") if not dotnet.missing(r)]
+    missing = {r: dotnet.missing(r) for r in ("coreclr", "mono") if dotnet.missing(r)}
     for r, why in missing.items():
         print(f"{r}: cannot run here: {why}")
     if not runtimes:

@@ -40,7 +40,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port-file", required=True)
     args = ap.parse_args()
-    from bench.processes import die_with_parent
+    from plumbing.processes import die_with_parent
 
     die_with_parent()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=message_options(512 * 2**20))

@@ -52,8 +52,8 @@ def main() -> int:
 
     import grpc
 
-    from bench.processes import die_with_parent, stop
     from fixtures.builtin import BUILTIN_MODELS
+    from plumbing.processes import die_with_parent, stop
     from strategies.base import ModelHandle, SessionOptions
     from strategies.grpc.server import TIMING_KEY, message_options
     from strategies.grpc.strategy import GrpcSession

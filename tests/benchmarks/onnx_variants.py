@@ -56,7 +56,7 @@ def forced_torchscript(handle, out_dir: Path, checks) -> list[tuple[str, Path, s
     import torch
 
     from fixtures.loading import to_torch_inputs
-    from strategies.onnxruntime.export import EXPORT_BATCH, LEVELS, ort_session
+    from strategies.shared.onnx_export import EXPORT_BATCH, LEVELS, ort_session
 
     spec = handle.spec
     path = out_dir / "torchscript-unchecked.onnx"
@@ -108,11 +108,11 @@ def main() -> int:
     import torch
 
     import strategies
-    from bench.cache import default_cache_dir
     from fixtures.builtin import BUILTIN_MODELS
     from fixtures.loading import run_eager, to_torch_inputs
+    from plumbing.cache import default_cache_dir
     from strategies.base import ModelHandle, SessionOptions
-    from strategies.onnxruntime.export import export_into, ort_session
+    from strategies.shared.onnx_export import export_into, ort_session
     from tests.benchmarks.common import rotating
 
     torch.set_num_threads(1)

@@ -125,9 +125,9 @@ class ClrCrashTest(Strategy):
     variant_key = "runtime"
 
     def prepare(self, model: ModelHandle, out_dir: Path) -> None:
-        from strategies.clr import build
+        from strategies.shared import dotnet
 
-        build.build()
+        dotnet.build()
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         return _ClrFailsFast(model, options)

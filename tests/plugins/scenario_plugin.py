@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.results import Cell
+from bench.record import Cell, CellResult
 from bench.scenarios import register
 from bench.scenarios.base import Context, Measured, Metric, Option, Part, PartTable, Scenario, positive_int
 
@@ -39,10 +39,10 @@ class FixedCalls(Scenario):
         return Measured(lat, n, wall, {"converged": True, "rounds": 1, "wall_s": wall, "stop_reason": f"{n} calls"},
                         figures={"fixed_calls_done": float(n)}, detail={"n": n})
 
-    def describe(self, result: dict[str, Any]) -> str:
-        return f"{(result.get('scenario_detail') or {}).get('n')} fixed calls"
+    def describe(self, result: CellResult) -> str:
+        return f"{result.detail.get('n')} fixed calls"
 
-    def report(self, rows: list[dict[str, Any]], results: list[dict[str, Any]], options: dict[str, Any]) -> Part | None:
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
         return Part("fixed-calls", "Fixed calls (a plug-in scenario)", ["Each strategy made a fixed number of calls."],
                     [PartTable(["strategy", "calls", "p50 ms"], [[r["strategy"], f"{r['fixed_calls_done']:.0f}", f"{r['p50_ms']:.3f}"]
                                                                   for r in rows])])

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
-from bench.cache import default_cache_dir
+from plumbing.cache import default_cache_dir
 
 STRATEGIES_DIR = Path(__file__).resolve().parent.parent
 ASSEMBLY = "InteropBench"
