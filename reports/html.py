@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 from bench.results import RunDir
+from bench.sections import Section, Table
 from plumbing.files import atomic_write_text
-from reports.content import Report, Section, Table, build
+from reports.content import Report, build
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.results import RunDir
+from bench.sections import Table
 from plumbing.files import atomic_write_text
-from reports.content import Report, Table, build
+from reports.content import Report, build
 
 MAX_ROWS = 40
 

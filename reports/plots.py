@@ -278,7 +278,7 @@ def cold_start_phases(rows: list[tuple[str, dict[str, float], float | None]], ti
 
 
 def curve(c: Any, cmap: dict[str, str]) -> bytes:
-    """A scenario's line plot (bench.scenarios.Curve): one line per series, x on a log scale."""
+    """A scenario's line plot (bench.sections.Curve): one line per series, x on a log scale."""
     fig, axes = _facets(1, 9.5, 4.6)
     ax = axes[0]
     markers = "osD^v<>ph*"

@@ -24,6 +24,11 @@ def fmt_ms(v: float | None) -> str:
     return f"{v / 1e3:.2f} s"
 
 
+def fmt_tail(v: float | None) -> str:
+    """A tail percentile in ms, or "n/e" where the samples could not bound it."""
+    return "n/e" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt_ms(v)
+
+
 def fmt_ratio(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"

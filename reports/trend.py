@@ -11,8 +11,9 @@ from typing import Any
 
 from bench.compare import compare_cells
 from bench.record import with_parts
+from bench.sections import Figure, Section, Table
 from plumbing.files import atomic_write_text
-from reports.content import Figure, Report, Section, Table
+from reports.content import Report
 from reports.html import to_html
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from bench.scenarios.base import Context, Curve, Measured, Metric, Option, Part, PartTable, Scenario
+from bench.scenarios.base import Context, Measured, Metric, Option, Scenario
+from bench.sections import Curve, Section, Table
 from plumbing.errors import UserError
 
-__all__ = ["Context", "Curve", "Measured", "Metric", "Option", "Part", "PartTable", "Scenario",
+__all__ = ["Context", "Curve", "Measured", "Metric", "Option", "Scenario", "Section", "Table",
            "register", "discover", "get", "lookup", "names", "infer", "LEGACY"]
 
 _REGISTRY: dict[str, Scenario] = {}

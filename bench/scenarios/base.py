@@ -5,7 +5,7 @@ strategy's session is open and warm (``measure``), which flat figures it puts in
 (``columns``), how ``compare`` judges it (``metrics``) and what the report shows of it (``report``).
 The runner, the results store, ``compare`` and the report reach scenarios only through this class
 and the registry (``bench.scenarios``); a scenario never imports the report (imports run one way),
-so its section is plain data (``Part``) that the report renders.
+so its section is plain data (``bench.sections.Section``) that the report renders.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from bench.sections import Section
 from plumbing.errors import UserError
 
 if TYPE_CHECKING:
@@ -93,39 +94,6 @@ class Measured:
     unsupported: str = ""
 
 
-@dataclass
-class PartTable:
-    header: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-
-
-@dataclass
-class Curve:
-    """A line plot: one series per label, each a list of (x, y); optional horizontal line."""
-
-    name: str
-    xlabel: str
-    ylabel: str
-    series: dict[str, list[tuple[float, float]]]
-    hline: float | None = None
-    hline_label: str = ""
-    log_y: bool = False
-    y_seconds: bool = False  # y values are seconds (formatted as times)
-    title: str = ""  # the figure's caption (default: "ylabel against xlabel")
-
-
-@dataclass
-class Part:
-    """A scenario's section of the report, as data."""
-
-    key: str
-    title: str
-    text: list[str] = field(default_factory=list)
-    tables: list[PartTable] = field(default_factory=list)
-    curves: list[Curve] = field(default_factory=list)
-
-
 class Scenario:
     """Subclass, set the class attributes, implement ``cells`` and ``measure``; register it with
     ``@bench.scenarios.register`` in a module of ``bench/scenarios/`` or a plugin module."""
@@ -193,7 +161,7 @@ class Scenario:
         """The progress line's text for a finished cell (default: p50 and p99)."""
         return ""
 
-    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Section | None:
         """This scenario's section of the report from its summary.csv rows (plain dicts, one per cell and one
         per part of a cell) and its cell records (``bench.record.CellResult``, each cell's parts inside it;
         ``bench.record.rows`` gives them as rows of their own). None: no section."""

@@ -15,18 +15,16 @@ from bench.record import Cell, CellResult
 from bench.scenarios import register
 from bench.scenarios.base import (
     Context,
-    Curve,
     Measured,
     Metric,
     Option,
-    Part,
-    PartTable,
     Scenario,
     choice,
     positive_int,
     positive_number,
 )
 from bench.scenarios.latency import main_grid
+from bench.sections import Curve, Section, Table
 from plumbing.errors import UserError
 
 MAX_RATE = 1e6
@@ -179,11 +177,11 @@ class OpenLoop(Scenario):
                 f"p50 {ms['p50_s']} p99 {ms['p99_s']} (from arrival)  late {d.get('late_fraction') or 0:.1%}  "
                 f"queue {d.get('max_queue') or 0:.0f}  CPU {d.get('cpu_ms_per_inference') or 0:.2f}ms/inference")
 
-    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Section | None:
         ok = [r for r in results if r.ok and r.detail]
         if not ok:
             return None
-        part = Part("open-loop", "Open-loop load: latency against offered rate")
+        part = Section("open-loop", "Open-loop load: latency against offered rate")
         part.text.append(
             f"Requests arrive at a set rate ({options.get('arrival', 'poisson')} arrivals) whether or not the strategy has "
             "finished the previous ones; latency runs from each request's scheduled arrival, so queueing shows "
@@ -202,10 +200,10 @@ class OpenLoop(Scenario):
                              d.get("driver", "")])
             if d.get("p99_s") is not None:
                 series.setdefault(f"{c.model} b{c.batch}: {c.strategy}", []).append((d["rate"], d["p99_s"]))
-        part.tables.append(PartTable(
+        part.tables.append(Table(
             ["model", "batch", "strategy", "rate/s", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms",
              "p99 from send ms", "late", "queue", "CPU ms/inference", "callers run by"], rows_out))
-        part.curves.append(Curve("open_loop_p99", "offered rate (requests/s)", "p99 from arrival", series, y_seconds=True, log_y=True))
+        part.figures.append(Curve("open_loop_p99", "offered rate (requests/s)", "p99 from arrival", series, y_seconds=True, log_y=True))
         for r in ok:
             part.text.extend(f"Warning ({r.id}): {w}" for w in r.detail.get("warnings", []))
         return part

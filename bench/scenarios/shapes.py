@@ -28,15 +28,13 @@ from bench.record import Cell, CellResult, Status
 from bench.scenarios import register
 from bench.scenarios.base import (
     Context,
-    Curve,
     Measured,
     Option,
-    Part,
-    PartTable,
     Scenario,
     choice,
     positive_int,
 )
+from bench.sections import Curve, Section, Table
 from plumbing.errors import UserError
 from strategies.base import ShapeUnsupported
 
@@ -228,12 +226,12 @@ class Shapes(Scenario):
         bad = sum(not p["ok"] for p in reqs)
         return f"{len(reqs)} requests  {text}" + (f"  {bad} WRONG" if bad else "")
 
-    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Section | None:
         mine = [r for r in results if (r.status.ran or r.status is Status.UNSUPPORTED)
                 and r.detail.get("requests")]
         if not mine:
             return None
-        part = Part("shapes", "Variable shapes: latency against length, and every request checked")
+        part = Section("shapes", "Variable shapes: latency against length, and every request checked")
         pooled: dict[tuple[str, str, str], tuple[Any, Any]] = {}  # (model, strategy, "seq8-15") -> the bucket row's p50, p99
         for row in rows:
             point = str(row.get("point") or "")
@@ -281,12 +279,12 @@ class Shapes(Scenario):
                     table.append([r.cell.strategy] + ["-"] * len(buckets)
                                  + ["-", f"{r.status}: {r.first_error_line[:160]}",
                                     "-", "-"])
-            part.tables.append(PartTable(["strategy"] + [f"{dim} {b}: p50 (p99)" for b in buckets]
+            part.tables.append(Table(["strategy"] + [f"{dim} {b}: p50 (p99)" for b in buckets]
                                          + ["first call (new shape)", "outputs", "abs error (max, p99 over requests; rel max)",
                                             "argmax agrees"], table,
-                                         caption=f"{model}: median latency per {dim} bucket, batch {rs[0].cell.batch}"))
+                                         title=f"{model}: median latency per {dim} bucket, batch {rs[0].cell.batch}"))
             if any(series.values()):
-                part.curves.append(Curve(f"shapes-{model}", f"{dim} (the request's length)", "median latency", series,
+                part.figures.append(Curve(f"shapes-{model}", f"{dim} (the request's length)", "median latency", series,
                                          log_y=True, y_seconds=True,
                                          title=f"{model}: median latency against {dim}, per request, each route"))
         return part

@@ -18,12 +18,9 @@ from bench.record import Cell, CellResult
 from bench.scenarios import register
 from bench.scenarios.base import (
     Context,
-    Curve,
     Measured,
     Metric,
     Option,
-    Part,
-    PartTable,
     Scenario,
     positive_int,
     positive_number,
@@ -37,6 +34,7 @@ from bench.scenarios.open_loop import (
     run_window,
     window_options,
 )
+from bench.sections import Curve, Section, Table
 from bench.stats import quantile_ci
 from plumbing.errors import UserError
 
@@ -193,12 +191,12 @@ class Slo(Scenario):
                 + (f" (p99 there {ci[0] * 1e3:.2f}-{ci[1] * 1e3:.2f}ms)" if ci else "")
                 + (f", {d['failed_at']:,.0f}/s failed" if d.get("failed_at") else "") + f", {len(d['steps'])} windows")
 
-    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Section | None:
         ok = [r for r in results if r.ok and "max_rps" in r.detail]
         if not ok:
             return None
         budget = options.get("p99") or ok[0].detail["budget_s"]
-        part = Part("slo", f"The highest request rate within a p99 of {budget * 1e3:g} ms")
+        part = Section("slo", f"The highest request rate within a p99 of {budget * 1e3:g} ms")
         part.text.append(
             f"Per strategy, a search over open-loop rates ({options.get('arrival', 'poisson')} arrivals, each window "
             f"at least {options.get('min_duration_s', 1):g} s and {options.get('min_requests', 600)} requests, "
@@ -220,10 +218,10 @@ class Slo(Scenario):
             pts = sorted((s["rate"], s["p99_s"]) for s in d["steps"] if s.get("p99_s") is not None and not s.get("stopped_early"))
             if pts:
                 curves.setdefault(c.model, {})[f"b{c.batch} {c.strategy}"] = pts
-        part.tables.append(PartTable(["model", "batch", "strategy", "highest rate/s", "failed at/s", "p99 there (95% CI) ms",
+        part.tables.append(Table(["model", "batch", "strategy", "highest rate/s", "failed at/s", "p99 there (95% CI) ms",
                                       "confident", "CPU ms/inference", "windows", "callers run by"], rows_out))
         for model, series in curves.items():
-            part.curves.append(Curve(f"slo_{model}", "offered rate (requests/s)", f"{model}: p99 from arrival", series,
+            part.figures.append(Curve(f"slo_{model}", "offered rate (requests/s)", f"{model}: p99 from arrival", series,
                                      hline=budget, hline_label="budget", y_seconds=True, log_y=True))
         for r in ok:
             part.text.extend(f"Note ({r.id}): {w}" for w in r.detail.get("warnings", []))

@@ -11,7 +11,8 @@ import numpy as np
 
 from bench.record import Cell, CellResult
 from bench.scenarios import register
-from bench.scenarios.base import Context, Measured, Metric, Option, Part, PartTable, Scenario, positive_int
+from bench.scenarios.base import Context, Measured, Metric, Option, Scenario, positive_int
+from bench.sections import Section, Table
 
 
 @register
@@ -42,7 +43,7 @@ class FixedCalls(Scenario):
     def describe(self, result: CellResult) -> str:
         return f"{result.detail.get('n')} fixed calls"
 
-    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Part | None:
-        return Part("fixed-calls", "Fixed calls (a plug-in scenario)", ["Each strategy made a fixed number of calls."],
-                    [PartTable(["strategy", "calls", "p50 ms"], [[r["strategy"], f"{r['fixed_calls_done']:.0f}", f"{r['p50_ms']:.3f}"]
+    def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Section | None:
+        return Section("fixed-calls", "Fixed calls (a plug-in scenario)", ["Each strategy made a fixed number of calls."],
+                    [Table(["strategy", "calls", "p50 ms"], [[r["strategy"], f"{r['fixed_calls_done']:.0f}", f"{r['p50_ms']:.3f}"]
                                                                   for r in rows])])
