@@ -1,5 +1,7 @@
 """The run's configuration: a profile, then a TOML config file, then command-line flags, each
 overriding the one before. Every mistake a user can make here is a UserError (exit 2).
+(Over 400 lines because it is the whole schema in one place, each key beside its check: split, a reader
+would hunt for where a key is read and where it is refused.)
 
 Config file (TOML), every key optional::
 

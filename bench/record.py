@@ -1,4 +1,6 @@
-"""The cell record: one typed, versioned result per cell of the matrix, and the types inside it.
+"""The cell record: one typed, versioned result per cell of the matrix, and the types inside it
+(about 400 lines: the record, its nine sub-records and the reading of every older file shape belong
+together, so that one module is the whole file format).
 
 A worker measures a cell and builds a ``CellResult``; it crosses the process boundary as JSON
 (``to_json``) and is turned back into a record at once (``from_json``). Everything after that (the

@@ -10,7 +10,9 @@ p50/p99 latency, throughput, memory, CPU and cold start per strategy, and, where
 them, the payload sweep, latency by request length, the open-loop windows and the highest rate within
 a p99 budget. Every figure comes from the folder's ``summary.csv`` (one row per cell and one per part
 of a cell; its columns are ``bench.results.SUMMARY_COLUMNS`` and each scenario's own figures), read
-with pandas. It imports nothing of the harness, so it reads a folder written by any release.
+with pandas. It imports nothing of the harness, so it reads a folder written by any release (and is
+longer than a module of the harness would be for that: it repeats no code of the report, and keeps
+every table of the page, each with its own column choice, in this one script).
 """
 
 from __future__ import annotations
