@@ -112,6 +112,8 @@ def benchmarks(session: nox.Session) -> None:
     session.run("python", "-m", "tests.benchmarks.clr_grpc_client")
     session.run("python", "-m", "tests.benchmarks.ort_cpp_overhead")
     session.run("python", "-m", "tests.benchmarks.load_generator")
+    # the report's and compare's cost per cell (`--cells 10000` for issue 29's target)
+    session.run("python", "-m", "tests.benchmarks.report_scale", "--cells", "300")
     # the built-in transformer here; `--models transformer,bert` adds the BERT-style encoder (minutes)
     session.run("python", "-m", "tests.benchmarks.onnx_variants", "--models", "transformer")
 

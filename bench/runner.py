@@ -283,8 +283,8 @@ class Runner:
     # -- the run --------------------------------------------------------------------------------
     def execute(self) -> RunOutcome:
         outcome = RunOutcome(self.run_dir)
-        finished = self.run_dir.finished()
-        pending = [c for c in self.cells if c.id not in finished]
+        held = {r.id: r for r in self.run_dir.load_cells(samples=False)}  # what the summary is written from
+        pending = [c for c in self.cells if c.id not in held]
         outcome.skipped_existing = len(self.cells) - len(pending)
         self.progress.done = outcome.skipped_existing
         if outcome.skipped_existing:
@@ -328,7 +328,8 @@ class Runner:
                 else:
                     result = self.run_cell(cell, models[cell.model], prep)
             self.run_dir.write_cell(result)
-            self.run_dir.write_summary()
+            held[result.id] = result.without_samples()
+            self.run_dir.write_summary(list(held.values()))
             outcome.measuring_s += result.measure_s or 0.0
             outcome.ran += 1
             outcome.statuses[str(result.status)] = outcome.statuses.get(str(result.status), 0) + 1
