@@ -71,7 +71,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _options(args: argparse.Namespace) -> lifecycle.RunOptions:
     return lifecycle.RunOptions(
         out=args.out, run_id=args.run_id, shard=args.shard, strict=args.strict, report=not args.no_report,
-        history=None if args.no_history else lifecycle.history_url(args.history, args.out), baseline=args.baseline,
+        history=None if args.no_history else lifecycle.history_url(args.history, args.out), store=args.history,
+        baseline=args.baseline,
         gate=lifecycle.GateOptions(args.threshold, args.threshold_concurrent, args.partial_baseline))
 
 

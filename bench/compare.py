@@ -136,7 +136,7 @@ def compare_cells(base_cells: Iterable[CellResult], new_cells: Iterable[CellResu
                   alpha: float = DEFAULT_ALPHA, concurrent_threshold: float = DEFAULT_CONCURRENT_THRESHOLD,
                   ) -> tuple[list[Change], list[str], list[str]]:
     """Every cell's latency samples, then the figures its scenario names (``Scenario.metrics``). A cell's
-    parts (length buckets) are judged apart, each under its own id (``bench.record.rows``)."""
+    parts (length buckets) are judged apart, each under its own id (``bench.record.with_parts``)."""
     from bench import scenarios
     from bench.results import summary_frame
 
@@ -205,9 +205,8 @@ def _keyed(cells: Iterable[CellResult], policies: list[str], qualify: bool) -> l
         return list(cells)
     out = []
     for r in cells:
-        if not r.cell.malloc:  # a part row given here names its cell's keyed id
-            r = replace(r, cell=replace(r.cell, malloc=policies[0]),
-                        part_of=f"{r.part_of}/{policies[0]}" if r.part_of else "")
+        if not r.cell.malloc:
+            r = replace(r, cell=replace(r.cell, malloc=policies[0]))
         out.append(r)
     return out
 

@@ -15,13 +15,6 @@ KEYS = ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "
         "rematch_rounds")
 
 
-def can_call(facts: dict[str, Any], caller: str) -> bool:
-    """Whether an application in ``caller``'s language can use a route with these facts (a network
-    service, "any", serves every language)."""
-    langs = facts.get("languages") or ["python"]
-    return caller in langs or "any" in langs
-
-
 def check_constraints(d: dict[str, Any]) -> dict[str, Any]:
     """Validate a [decision] table (or the flags' values); returns it normalised. UserError on bad input."""
     from bench.config import unknown_keys

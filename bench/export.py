@@ -4,7 +4,7 @@
   it as a saved run): one benchmark per cell, stats in seconds from the raw samples;
 - github-action-benchmark's ``customSmallerIsBetter``: one entry per cell, p50 in µs.
 
-A cell's parts (a length bucket of the shapes scenario) are listed as cells of their own (``bench.record.rows``).
+A cell's parts (a length bucket of the shapes scenario) are listed as cells of their own (``bench.record.with_parts``).
 """
 
 from __future__ import annotations

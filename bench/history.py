@@ -8,7 +8,7 @@ A run stored here reads back as a ``HistoryRun``, which offers what a results fo
 ``bench compare`` and the trend page: ``id``, ``meta()`` and ``load_cells()`` (``bench.record.CellResult``s,
 a cell's parts inside it).
 
-The ``cells`` table holds one row per row of ``bench.record.rows``: a cell's row carries its whole record
+The ``cells`` table holds one row per row of ``bench.record.with_parts``: a cell's row carries its whole record
 (its parts inside), and each of its parts (a length bucket) has a row of its own, its JSON marked with
 ``part_of`` (the cell's id), so SQL on ``cell_id`` and ``p50_s`` finds every bucket as it always has and a
 release that reads parts only from their own rows still reads them. Stores written before the typed record
@@ -139,7 +139,8 @@ class History:
 
     # -- writing ------------------------------------------------------------------------------------
     def record(self, run: RunDir) -> int:
-        """Store a finished run (again, replacing an earlier copy of the same record). Returns cells stored.
+        """Store a finished run (again, replacing an earlier copy of the same record). Returns the number of cells stored (a cell's
+        parts, stored as rows of their own beside it, are not counted).
 
         A run is stored under its own id (``run_id`` in its run.json, which a merged run keeps from its
         shards). One shard of a run (``--shard i/n``) is stored as ``ID@shard-i-of-n`` with status
@@ -242,7 +243,7 @@ class History:
                                         (run_id,)).fetchall():
             try:
                 r = CellResult.from_json(json.loads(text))
-            except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
                 if unreadable is not None:
                     unreadable.append(f"{run_id}: {cell_id} ({type(e).__name__})")
                 continue

@@ -23,10 +23,11 @@ from typing import Any
 
 import strategies
 from bench.config import RunConfig, format_size
-from bench.record import Cell, Status
+from bench.record import Cell, Status, with_parts
 from bench.results import RunDir, RunLock, check_run_id, resolve_run
 from plumbing.errors import UserError
 from plumbing.files import WRITE_ERRORS
+from strategies.base import RouteTable, base_name
 
 CONFIRM_ATTEMPTS = 3
 
@@ -58,6 +59,7 @@ class RunOptions:
     strict: bool = False  # exit 1 unless every cell is valid
     report: bool = True
     history: str | None = None  # the store to record the run in; None: not recorded
+    store: str | None = None  # the store run ids are looked up in (a --baseline), recorded in or not
     baseline: str | None = None  # a run to gate against (folder, id or branch:NAME)
     gate: GateOptions = field(default_factory=GateOptions)
 
@@ -105,7 +107,7 @@ def start(cfg: RunConfig, options: RunOptions) -> int:
     run = new_run_dir(options.out, options.run_id)
     held: list[RunLock] = []
     try:
-        baseline = resolve(options.baseline, options.out, options.history) if options.baseline else None
+        baseline = resolve(options.baseline, options.out, options.store) if options.baseline else None
         cells = _matrix(cfg, options.shard)
         versions = _versions(cells)
         run.path.mkdir(parents=True, exist_ok=True)
@@ -114,7 +116,7 @@ def start(cfg: RunConfig, options: RunOptions) -> int:
             raise UserError(f"results folder {run.path} already exists; use --resume {run.path} to finish it")
         from bench import environment
 
-        facts = {name.partition("@")[0]: strategies.get(name).facts() for name in versions}
+        facts = RouteTable({base_name(name): strategies.get(name).facts() for name in versions}).to_json()
         run.write_meta({"run_id": run.id, "status": "running", "config": cfg.to_json(),
                         "environment": environment.collect(versions), "strategies": facts,
                         "cells": [c.to_json() for c in cells], "started": time.time(), "shard": options.shard})
@@ -135,7 +137,7 @@ def resume(arg: str, options: RunOptions) -> int:
         cfg = RunConfig.from_json(meta["config"])
         strategies.discover(cfg.plugins)
         options = RunOptions(**{**options.__dict__, "shard": meta.get("shard")})
-        baseline = resolve(options.baseline, options.out, options.history) if options.baseline else None
+        baseline = resolve(options.baseline, options.out, options.store) if options.baseline else None
         cells = _matrix(cfg, options.shard)
         _versions(cells)
         return _measure(run, cfg, cells, options, baseline, resumed=True)
@@ -261,7 +263,7 @@ def _rematch(runner: Any, run: RunDir, cfg: RunConfig, options: RunOptions, ran:
     rounds = int(cfg.decision.get("rematch_rounds", rematch.DEFAULT_ROUNDS))
     if not rounds or options.shard or (not ran and (run.path / rematch.FILE).exists()):
         return
-    groups = rematch.contests(run.load_cells(samples=False), run.meta().get("strategies") or {},
+    groups = rematch.contests(run.load_cells(samples=False), RouteTable.from_json(run.meta().get("strategies")),
                               float(cfg.decision.get("tie_within", DEFAULT_TIE_WITHIN)))
     if groups:
         print(f"{len(groups)} close lead(s) to measure again side by side in warm workers "
@@ -358,7 +360,7 @@ def print_summary(run: RunDir) -> None:
     main = df[df.scenario.isin(standing)].reset_index(drop=True)
     if len(main) or len(main) == len(df):
         print(terminal_table(main))
-    others = [r for r in run.load_cells(samples=False) if r.cell.scenario not in standing]
+    others = [r for r in with_parts(run.load_cells(samples=False)) if r.cell.scenario not in standing]
     if others:
         w = max(len(r.id) for r in others)
         for r in sorted(others, key=lambda r: (r.cell.scenario, r.cell.model, r.cell.strategy)):

@@ -106,10 +106,14 @@ def _conv(load: Callable[[Any], Any] | None = None, dump: Callable[[Any], Any] |
 
 
 class Record:
-    """Dataclass records read from and written to JSON: a field's key is its name (or ``metadata["key"]``),
-    None and empty containers are not written, and keys the record does not know are kept in ``other``."""
+    """Dataclass records read from and written to JSON: a field's key is its name (or ``metadata["key"]``).
+    Keys the record does not know are kept in ``other``. A record read from a file writes back what the file
+    held: the keys it had (an explicit null, an empty object) and, inside a plain object such as a latency
+    summary or a cell's identity, keys this release does not know. A record made in code writes None and
+    empty values only for the fields in ``_always`` (what every cell file has carried)."""
 
     other: dict[str, Any]
+    _always: ClassVar[frozenset[str]] = frozenset()
     _fields_cache: ClassVar[dict[type, list[tuple[str, str, Any, Any]]]] = {}
 
     @classmethod
@@ -132,19 +136,25 @@ class Record:
             v = d.get(key)
             if v is not None:
                 kwargs[name] = load(v) if load else v
-        return cls(**kwargs, other={k: v for k, v in d.items() if k not in known})
+        obj = cls(**kwargs, other={k: v for k, v in d.items() if k not in known})
+        object.__setattr__(obj, "_read_from", d)  # not a field: dataclasses.replace() makes a record of its own
+        return obj
 
     def to_json(self) -> dict[str, Any]:
+        read: dict[str, Any] = getattr(self, "_read_from", None) or {}
         out: dict[str, Any] = {}
         for name, key, _, dump in self._specs():
             v = getattr(self, name)
-            if v is None or (isinstance(v, (dict, list, tuple, str)) and not v and name not in self._always):
+            empty = v is None or (isinstance(v, (dict, list, tuple, str)) and not v)
+            if empty and name not in self._always and key not in read:
                 continue
-            out[key] = dump(v) if dump else v
+            was = read.get(key)
+            value = (was if not was else None) if v is None else dump(v) if dump else v  # null or {} as read
+            if isinstance(value, dict) and isinstance(was, dict) and not isinstance(v, (Record, dict)):
+                value = {**{k: x for k, x in was.items() if k not in value}, **value}  # a newer Summary's keys
+            out[key] = value
         out.update(self.other)
         return out
-
-    _always: ClassVar[frozenset[str]] = frozenset()
 
 
 def _summary(d: dict[str, Any]) -> Summary:
@@ -233,7 +243,7 @@ class Cpu(Record):
     s_per_inference: float | None = None
     other: dict[str, Any] = field(default_factory=dict)
 
-    _always = frozenset({"by_role"})
+    _always = frozenset({"by_role", "s_per_inference"})
 
 
 @dataclass(frozen=True)
@@ -247,6 +257,8 @@ class OutputCheck(Record):
     max_rel: float | None = None
     worst: dict[str, Any] = field(default_factory=dict)
     other: dict[str, Any] = field(default_factory=dict)
+
+    _always = frozenset({"shape"})
 
 
 def _outputs(d: dict[str, Any]) -> dict[str, OutputCheck]:
@@ -333,7 +345,7 @@ class CellResult(Record):
     thread_env: dict[str, str | None] = field(default_factory=dict)
     #: the cell id this row is a part of (a length bucket); "" for a cell. Never written: parts live
     #: inside their cell's file and become rows only through ``with_parts()``
-    part_of: str = field(default="", metadata=_conv(key="part_of"))
+    part_of: str = ""
     record_version: int = field(default=RECORD_VERSION, compare=False)  # the file it was read from
     other: dict[str, Any] = field(default_factory=dict)
 
@@ -342,12 +354,17 @@ class CellResult(Record):
         if not isinstance(d, dict) or not isinstance(d.get("cell"), dict) or "status" not in d:
             raise ValueError("not a cell result")
         r = super().from_json(d)
-        return r if "record_version" in d else replace(r, record_version=1)
+        if "record_version" not in d:  # written before records had a version
+            object.__setattr__(r, "record_version", 1)
+        return r
+
+    #: what the worker has always written, empty or not
+    _always = frozenset({"session", "malloc_env", "thread_env", "cold_start_phases", "prepare"})
 
     def to_json(self) -> dict[str, Any]:
         out = super().to_json()
         out.pop("part_of", None)
-        out["record_version"] = RECORD_VERSION
+        out["record_version"] = max(self.record_version, RECORD_VERSION)  # a newer file keeps its version
         return out
 
     # -- what readers ask of a record ------------------------------------------------------------------
@@ -385,7 +402,8 @@ class CellResult(Record):
         for p in self.parts:
             if not p.point or p.latency is None:
                 continue
-            tp = Throughput.of(1 / p.latency.p50, self.cell.batch) if p.latency.p50 else None
+            lat = p.latency
+            tp = Throughput(1 / lat.p50, self.cell.batch / lat.p50) if lat.p50 else None
             rows.append(replace(self, cell=self.cell.with_point(p.point), latency=p.latency, figures=dict(p.figures),
                                 samples_ns=p.samples_ns, throughput=tp, phases={}, detail={}, cpu=None, sampling={},
                                 parts=[], part_of=self.id))

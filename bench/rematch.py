@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 
 from bench import allocator
-from bench.constraints import LANGUAGES, can_call
+from bench.constraints import LANGUAGES
 from bench.record import Cell, CellResult
 from bench.runner import PrepareFailed, _child_setup, worker_env
 from plumbing.errors import UserError
 from plumbing.files import atomic_write_json
 from plumbing.processes import kill_group
+from strategies.base import RouteTable
 
 FILE = "rematch.json"
 DEFAULT_ROUNDS = 10
@@ -113,7 +114,7 @@ class Group:
                    {str(k): str(v) for k, v in (d.get("errors") or {}).items()}, float(d.get("seconds", 0.0)))
 
 
-def contests(results: list[CellResult], facts: dict[str, dict[str, Any]], tie_within: float,
+def contests(results: list[CellResult], facts: RouteTable, tie_within: float,
              most: int = MOST_PER_GROUP) -> list[Group]:
     """The groups worth a rematch: single-caller latency cells where, for some caller language, the
     leader among the valid routes it can call is close to another (``close_to``)."""
@@ -128,7 +129,7 @@ def contests(results: list[CellResult], facts: dict[str, dict[str, Any]], tie_wi
         rs = sorted(rs, key=lambda r: r.p50)
         chosen: dict[str, float] = {}
         for lang in LANGUAGES:  # each language's leader and its closest rivals, up to ``most`` per language
-            mine = [r for r in rs if can_call(facts.get(r.cell.strategy.partition("@")[0], {}), lang)]
+            mine = [r for r in rs if facts.of(r.cell.strategy).callable_from(lang)]
             if len(mine) < 2:
                 continue
             lead = mine[0].latency

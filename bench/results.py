@@ -134,7 +134,7 @@ class RunDir:
         for f in sorted(self.cells_dir.glob("*.json")):
             try:
                 r = CellResult.from_json(json.loads(f.read_text()))
-            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
                 self.unreadable.append(f"{f.name} ({type(e).__name__})")
                 continue
             out.append(r if samples else r.without_samples())

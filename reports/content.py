@@ -20,6 +20,7 @@ from reports import crossovers, plots
 from reports.decision import Block, Capacity, Constraints, decide
 from reports.decision import to_json as decision_json
 from reports.tables import BASELINE, main_cells, payload_fits
+from strategies.base import RouteFacts, RouteTable, base_name
 
 __all__ = ["Figure", "Inputs", "Report", "Section", "Table", "build", "gather"]
 
@@ -50,7 +51,7 @@ class Inputs:
     df: pd.DataFrame  # their summary rows, the first policy
     policies: list[str]  # the allocator policies compared ([] when the run has one)
     cmap: dict[str, str]  # a colour per strategy, the same in every figure
-    facts: dict[str, dict[str, Any]]  # what each strategy is (languages, Python at deployment, artifact)
+    facts: RouteTable  # what each strategy is (languages, Python at deployment, artifact)
     constraints: Constraints
     blocks: list[Block]  # the decision, per caller language
     capacity: dict[tuple[str, int, int, str, str], Capacity]  # the slo scenario's answers
@@ -75,8 +76,7 @@ class Inputs:
     @property
     def frame_cells(self) -> pd.DataFrame:
         """summary.csv's rows of cells (not of their parts)."""
-        parts = {r.id for r in self.rows if r.part_of}
-        return self.frame[~self.frame.cell_id.isin(parts)]
+        return self.frame[self.frame.cell_id.isin({r.id for r in self.cells})]
 
 
 def gather(run: RunDir, decision: dict[str, Any] | None = None) -> Inputs:
@@ -146,18 +146,18 @@ def _drawn(sec: Section, cmap: dict[str, str]) -> Section:
                                                 else f for f in sec.figures])
 
 
-def _strategy_facts(meta: dict[str, Any], names: set[str]) -> dict[str, dict[str, Any]]:
+def _strategy_facts(meta: dict[str, Any], names: set[str]) -> RouteTable:
     """What each strategy is (languages, Python at deployment, artifact): as the run recorded it, else
     (a run from before it did) as the registry says now."""
     import strategies
 
-    facts = dict(meta.get("strategies") or {})
-    for name in {n.partition("@")[0] for n in names} | set(strategies.names()):  # the rest: "not measured in this run"
+    facts = RouteTable.from_json(meta.get("strategies"))
+    for name in {base_name(n) for n in names} | set(strategies.names()):  # the rest: "not measured in this run"
         if name not in facts:
             try:
                 facts[name] = strategies.get(name).facts()
             except Exception:  # a plugin strategy not loaded here: decided as a Python route
-                facts[name] = {}
+                facts[name] = RouteFacts()
     return facts
 
 

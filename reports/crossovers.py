@@ -11,8 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.constraints import LANGUAGES, can_call
+from bench.constraints import LANGUAGES
 from bench.stats import CostFit
+from strategies.base import RouteTable
 
 FIXED_SHARE = 0.10  # "the fixed cost no longer matters": under 10% of a call
 
@@ -105,7 +106,7 @@ def switches(points: dict[str, dict[float, float]], higher_is_better: bool = Fal
     return out
 
 
-def ranking_switches(df: pd.DataFrame, facts: dict[str, dict[str, Any]], tie_within: float = 0.05,
+def ranking_switches(df: pd.DataFrame, facts: RouteTable, tie_within: float = 0.05,
                      payload_models: tuple[str, ...] = ("identity",)) -> list[Switch]:
     """For each caller language and model: where the fastest single-caller route changes with the batch
     size, and where the route with the most samples/s changes with the number of callers (at the
@@ -120,7 +121,7 @@ def ranking_switches(df: pd.DataFrame, facts: dict[str, dict[str, Any]], tie_wit
     else:
         lat, loop = ok, ok
     def mine(frame: pd.DataFrame, caller: str) -> pd.DataFrame:
-        return frame[[can_call(facts.get(s.partition("@")[0], {}) or facts.get(s, {}), caller) for s in frame.strategy]]
+        return frame[[facts.of(s).callable_from(caller) for s in frame.strategy]]
 
     for caller in LANGUAGES:
         single = mine(lat[lat.concurrency == 1], caller) if len(lat) else lat

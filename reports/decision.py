@@ -14,9 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES, can_call
+from bench.constraints import DEFAULT_TIE_WITHIN, LANGUAGES
 from bench.rematch import close_to, paired
 from reports import crossovers
+from strategies.base import RouteFacts, RouteTable, base_name
 
 NOT_MEASURED = "not measured in this run"
 LANGUAGE_NAMES = {"python": "Python", "csharp": "C#", "cpp": "C++", "any": "any language (a network service)"}
@@ -135,10 +136,10 @@ class Block:
     cells: list[CellDecision]
 
 
-def _reason_for_language(facts: dict[str, Any], caller: str) -> str:
-    if can_call(facts, caller):
+def _reason_for_language(facts: RouteFacts, caller: str) -> str:
+    if facts.callable_from(caller):
         return ""
-    langs = facts.get("languages") or ["python"]
+    langs = facts.languages
     return f"a {' or '.join(LANGUAGE_NAMES.get(x, x) for x in langs)} route; a {LANGUAGE_NAMES[caller]} application cannot call it"
 
 
@@ -151,7 +152,7 @@ class Capacity:
     capped: bool = False  # every rate tried passed: the capacity is at least max_rps
 
 
-def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Constraints,
+def decide(df: pd.DataFrame, facts: RouteTable, constraints: Constraints,
            payload_models: tuple[str, ...] = ("identity",),
            capacity: dict[tuple[str, int, int, str, str], Capacity] | None = None,
            rematch: dict[tuple[str, int, int, str], Any] | None = None) -> list[Block]:
@@ -173,10 +174,10 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
             cd = CellDecision(str(model), int(batch), int(threads), str(malloc))
             candidates = []
             for r in g.sort_values("p50_ms", na_position="last").itertuples():
-                f = facts.get(r.strategy.partition("@")[0], {}) or facts.get(r.strategy, {})
+                f = facts.of(r.strategy)
                 why = _reason_for_language(f, caller)
-                if not why and constraints.python_at_deployment is False and f.get("python_at_deployment", True):
-                    why = "needs Python at deployment" + (" (in the service)" if "any" in (f.get("languages") or []) else "")
+                if not why and constraints.python_at_deployment is False and f.needs_python:
+                    why = "needs Python at deployment" + (" (in the service)" if "any" in f.languages else "")
                 if not why and not r.valid:
                     err = str(r.error).splitlines()[0][:140] if isinstance(r.error, str) and r.error else ""
                     why = {"invalid": "wrong outputs", "error": "failed", "skipped": "skipped"}.get(r.status, r.status) \
@@ -206,7 +207,7 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
                 if why:
                     cd.excluded.append((r.strategy, why))
                     continue
-                note = "measured from a Python client" if "any" in (f.get("languages") or []) and caller != "python" else ""
+                note = "measured from a Python client" if "any" in f.languages and caller != "python" else ""
                 candidates.append(Ranked(r.strategy, float(r.p50_ms), _f(r.p99_ms), _f(r.ci_low_ms), _f(r.ci_high_ms),
                                          _f(r.throughput_sps), _f(r.mem_added_mb), note=note,
                                          max_rps=cap.max_rps if cap else None))
@@ -214,7 +215,7 @@ def decide(df: pd.DataFrame, facts: dict[str, dict[str, Any]], constraints: Cons
                                 constraints.tie_within)
             measured = set(g.strategy)
             for name, f in sorted(facts.items()):
-                if name not in measured and not any(s.partition("@")[0] == name for s in measured) \
+                if name not in measured and not any(base_name(s) == name for s in measured) \
                         and not _reason_for_language(f, caller):
                     cd.excluded.append((name, NOT_MEASURED))
             cells.append(cd)

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from bench.record import CellResult
+from strategies.base import RouteTable
 
 
 @dataclass
@@ -43,7 +44,7 @@ def _num(v: Any) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) or pd.isna(v) else float(v)
 
 
-def cards(df: pd.DataFrame, results: list[CellResult], facts: dict[str, dict[str, Any]],
+def cards(df: pd.DataFrame, results: list[CellResult], facts: RouteTable,
           capacity: dict[tuple[str, int, int, str, str], Any], payload_models: tuple[str, ...] = ("identity",)) -> list[Card]:
     """One card per model at its smallest batch and thread count (``df`` holds one allocator policy)."""
     main = df[~df.model.isin(payload_models)]
@@ -63,8 +64,7 @@ def cards(df: pd.DataFrame, results: list[CellResult], facts: dict[str, dict[str
             single = single[single.scenario == "latency"] if (single.scenario == "latency").any() else single
         rows = []
         for r in single.itertuples():
-            base = r.strategy.partition("@")[0]
-            f = facts.get(base) or facts.get(r.strategy) or {}
+            f = facts.of(r.strategy)
             mine = g[(g.strategy == r.strategy) & g.valid & g.throughput_sps.notna()]
             best = mine.loc[mine.throughput_sps.idxmax()] if len(mine) else None
             cap = capacity.get((str(model), batch, threads, str(r.malloc), r.strategy))
@@ -81,7 +81,7 @@ def cards(df: pd.DataFrame, results: list[CellResult], facts: dict[str, dict[str
                 int(best.concurrency) if best is not None else None,
                 cap.max_rps if cap is not None else None, _num(r.cpu_ms_per_inference) if r.valid else None,
                 _num(r.mem_added_mb) if r.valid else None, ready.get((str(model), batch, threads, r.strategy)),
-                f.get("python_at_deployment"), str(f.get("artifact") or "none"),
+                f.python_at_deployment, f.artifact or "none",
                 correct))
         rows.sort(key=lambda x: (x.p50_ms is None, x.p50_ms or 0.0))
         out.append(Card(str(model), batch, threads, rows))

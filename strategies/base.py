@@ -220,6 +220,63 @@ class Session(ABC):
         self.close()
 
 
+
+@dataclass(frozen=True)
+class RouteFacts:
+    """What a route is, recorded with each run (run.json ``strategies``) for the decision, the scorecard and
+    `bench list`: the languages that can call it ("any" for a network service), whether Python must be where
+    the application runs, what it ships, its exporter, whether it takes several callers at once."""
+
+    languages: tuple[str, ...] = ("python",)
+    python_at_deployment: bool | None = None
+    artifact: str = ""
+    exporter: str = ""
+    concurrent_calls: bool = True
+    summary: str = ""
+    other: Mapping[str, Any] = field(default_factory=dict)  # keys a newer release records
+
+    def callable_from(self, caller: str) -> bool:
+        """Whether an application in ``caller``'s language can use this route (a network service serves every one)."""
+        return caller in self.languages or "any" in self.languages
+
+    @property
+    def needs_python(self) -> bool:
+        """Python where the application runs (a route that does not say is taken to need it)."""
+        return self.python_at_deployment is not False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"languages": list(self.languages), "python_at_deployment": self.python_at_deployment,
+                "artifact": self.artifact, "exporter": self.exporter, "concurrent_calls": self.concurrent_calls,
+                "summary": self.summary, **self.other}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> RouteFacts:
+        d = d or {}
+        known = {"languages", "python_at_deployment", "artifact", "exporter", "concurrent_calls", "summary"}
+        return cls(tuple(d.get("languages") or ("python",)), d.get("python_at_deployment"), str(d.get("artifact") or ""),
+                   str(d.get("exporter") or ""), bool(d.get("concurrent_calls", True)), str(d.get("summary") or ""),
+                   {k: v for k, v in d.items() if k not in known})
+
+
+class RouteTable(dict):
+    """Route facts by strategy name (without its ``@variant``); ``of`` looks up any name a cell carries."""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any] | None) -> RouteTable:
+        return cls({str(k): RouteFacts.from_json(v) for k, v in (d or {}).items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.to_json() for k, v in self.items()}
+
+    def of(self, strategy: str) -> RouteFacts:
+        """The facts of ``strategy`` or ``strategy@variant``; a route nobody recorded is a Python route."""
+        return self.get(base_name(strategy)) or self.get(strategy) or RouteFacts()
+
+
+def base_name(strategy: str) -> str:
+    """``clr-embed@mono`` -> ``clr-embed``: the strategy a variant's name runs."""
+    return strategy.partition("@")[0]
+
 class Strategy(ABC):
     """One integration strategy. Subclass, set ``name``/``summary``, implement ``open``; register it
     with ``@strategies.register`` in a subpackage of ``strategies/``."""
@@ -261,11 +318,10 @@ class Strategy(ABC):
         """Versions of the runtimes this strategy uses; recorded with every result and in cache keys."""
         return {}
 
-    def facts(self) -> dict[str, Any]:
+    def facts(self) -> RouteFacts:
         """What the route is (recorded with each run, for the decision and `bench list`)."""
-        return {"languages": list(self.languages), "python_at_deployment": self.python_at_deployment,
-                "artifact": self.artifact, "exporter": self.exporter, "concurrent_calls": self.concurrent_calls,
-                "summary": self.summary}
+        return RouteFacts(tuple(self.languages), self.python_at_deployment, self.artifact, self.exporter,
+                          self.concurrent_calls, self.summary)
 
     def default_variant(self) -> str:
         """The variant a plain NAME runs (for `bench list`), if the strategy has variants."""
@@ -310,7 +366,7 @@ class Strategy(ABC):
 
 
 STRATEGIES_DIR = Path(__file__).resolve().parent
-_INTERFACE = frozenset({"strategies", "strategies.base"})  # the contract every route imports, not what it builds
+_INTERFACE = frozenset({"strategies", "strategies.base", "strategies.shared"})  # the contract every route imports, not what it builds
 
 
 def source_dependencies(folder: Path) -> set[Path]:

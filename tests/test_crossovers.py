@@ -11,6 +11,7 @@ import pytest
 
 from bench.stats import CostFit, fit_cost
 from reports.crossovers import from_json, payload_crossover, ranking_switches, switches, to_json
+from strategies.base import RouteTable
 
 
 def test_the_payload_crossover_is_where_the_fixed_cost_is_a_tenth_of_the_call():
@@ -65,7 +66,7 @@ def test_ranking_switches_are_per_caller_language_and_ignore_failed_cells():
         rows += [_row("py-a", bt, 0.010 + 0.001 * bt), _row("py-b", bt, 0.020 + 0.0005 * bt),
                  _row("cs-a", bt, 0.005 + 0.002 * bt), _row("svc", bt, 1.0 + 0.001 * bt)]
     rows.append(_row("py-b", 1, 0.001, valid=False))  # wrong outputs never lead
-    found = ranking_switches(pd.DataFrame(rows), facts, 0.05)
+    found = ranking_switches(pd.DataFrame(rows), RouteTable.from_json(facts), 0.05)
     py = [s for s in found if s.caller == "python"]
     assert [(s.axis, s.before, s.after, s.x_before, s.x_after) for s in py] == [("batch", "py-a", "py-b", 8, 64)]
     assert py[0].at == pytest.approx(20.0)

@@ -269,7 +269,7 @@ def test_grpc_cells_report_breakdown_and_server_memory(quick_run: Path):
     for r in cells:
         assert r.status == "ok", (r.cell.id, r.error)
         procs = r.memory.processes
-        assert [p["role"] for p in procs] == ["worker", "grpc server"] and procs[1]["peak"] > 50 * 2**20
+        assert [p.role for p in procs] == ["worker", "grpc server"] and procs[1].peak > 50 * 2**20
         if r.cell.concurrency == 1 and r.cell.scenario in ("latency", "payload"):  # (shapes keeps no phases)
             ph = r.phases
             assert set(ph) == set(GrpcSession.phases) and ph["server_compute"].p50 > 0

@@ -14,14 +14,16 @@ import strategies
 from bench import rematch
 from bench.config import build_config
 from bench.progress import Progress
+from bench.record import CellResult
 from bench.rematch import Group, contests, paired
 from bench.results import RunDir
 from bench.runner import Runner
 from reports.decision import Ranked, _rank
+from strategies.base import RouteTable
 
-FACTS = {"torch": {"languages": ["python"]}, "onnxruntime": {"languages": ["python"]},
-         "clr-onnxruntime": {"languages": ["csharp"]}, "clr-capi": {"languages": ["csharp"]},
-         "grpc": {"languages": ["any"]}}
+FACTS = RouteTable.from_json({"torch": {"languages": ["python"]}, "onnxruntime": {"languages": ["python"]},
+                              "clr-onnxruntime": {"languages": ["csharp"]}, "clr-capi": {"languages": ["csharp"]},
+                              "grpc": {"languages": ["any"]}})
 
 
 def _rounds(ratios: dict[str, float], n: int = 10, noise: float = 0.01, seed: int = 0) -> list[dict[str, float]]:
@@ -72,10 +74,10 @@ def test_the_decision_orders_contenders_by_the_side_by_side_ratio_and_ties_by_it
 
 
 def _cell(model: str, strategy: str, p50: float, lo: float, hi: float, status: str = "ok", conc: int = 1,
-          scenario: str = "latency") -> dict:
-    return {"cell": {"model": model, "strategy": strategy, "batch": 1, "threads": 1, "concurrency": conc,
-                     "malloc": "", "scenario": scenario}, "status": status,
-            "latency": {"p50": p50, "ci_low": lo, "ci_high": hi}}
+          scenario: str = "latency") -> CellResult:
+    return CellResult.from_json({"cell": {"model": model, "strategy": strategy, "batch": 1, "threads": 1, "concurrency": conc,
+                                          "malloc": "", "scenario": scenario}, "status": status,
+                                 "latency": {"p50": p50, "ci_low": lo, "ci_high": hi}})
 
 
 def test_only_close_leads_a_language_can_choose_between_are_measured_again():
@@ -133,5 +135,5 @@ def test_each_language_keeps_its_own_contest_however_many_routes_are_close_elsew
              "cs1": {"languages": ["csharp"]}}
     results = [_cell("mlp", f"py{i}", 1e-3 * (1 + 0.01 * i), 0.99e-3, 1.06e-3) for i in range(5)]
     results += [_cell("mlp", "cs0", 2e-3, 1.99e-3, 2.01e-3), _cell("mlp", "cs1", 2.02e-3, 2.0e-3, 2.04e-3)]
-    [g] = contests(results, facts, 0.05)
+    [g] = contests(results, RouteTable.from_json(facts), 0.05)
     assert {"cs0", "cs1"} <= set(g.strategies) and len([s for s in g.strategies if s.startswith("py")]) == 4

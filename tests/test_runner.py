@@ -181,9 +181,9 @@ def test_quick_run_results_are_complete(quick_run: Path):
         phases = r.cold_start_phases  # the same phases for every strategy
         assert set(phases) == {"interpreter", "runtime import", "model build", "open", "first call"}, phases
         assert 0 < phases["interpreter"] < 30 and phases["first call"] == r.first_call_s
-        assert abs(phases["model build"] + phases["open"] - r["open_s"]) < 1e-6
+        assert abs(phases["model build"] + phases["open"] - r.open_s) < 1e-6
         assert r.throughput.samples_per_s > 0
-        assert r["malloc_env"] == {}  # the default policy, glibc as shipped, reached every worker
+        assert r.malloc_env == {}  # the default policy, glibc as shipped, reached every worker
     df = run.frame()
     assert set(df.columns) >= {"p50_ms", "p99_ms", "iqr_ms", "throughput_sps", "mem_peak_mb", "vs_torch_p50", "max_abs_err"}
     assert (df[df.strategy == "torch"].vs_torch_p50 == 1.0).all()
@@ -200,7 +200,7 @@ def test_cells_can_be_pinned_to_cpus_and_given_the_steady_allocator(tmp_path: Pa
     assert p.returncode == 0, p.stderr[-3000:]
     for r in _cells(tmp_path / "p").values():
         assert r.status == "ok" and r.cpu_affinity == [0], (r.cell.id, r.cpu_affinity)
-        assert r["malloc_env"] == allocator.STEADY_ENV, r["malloc_env"]
+        assert r.malloc_env == allocator.STEADY_ENV, r.malloc_env
     html = (tmp_path / "p" / "report.html").read_text()
     assert "each cell&#x27;s processes on CPUs [0]" in html and "glibc keeps freed memory for reuse" in html
 
@@ -220,8 +220,8 @@ def test_allocators_as_a_dimension_and_a_planted_allocator_dependent_ranking_is_
                           for m in ("default", "jemalloc")}
     for cid, r in cells.items():
         assert r.status == "ok", (cid, r.error)
-        preload = r["malloc_env"].get("LD_PRELOAD", "")
-        assert ("libjemalloc" in preload) == cid.endswith("/jemalloc"), (cid, r["malloc_env"])
+        preload = r.malloc_env.get("LD_PRELOAD", "")
+        assert ("libjemalloc" in preload) == cid.endswith("/jemalloc"), (cid, r.malloc_env)
     assert "allocator-dependent ranking: mlp, batch 1" in p.stdout
     assert "under default slow-test" in p.stdout and "under jemalloc malloc-sensitive-test" in p.stdout
     md = (tmp_path / "a" / "report.md").read_text()

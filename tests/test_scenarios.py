@@ -265,6 +265,7 @@ def test_a_required_rate_rules_out_a_capped_search_below_it():
     import pandas as pd
 
     from reports.decision import Capacity, Constraints, decide
+    from strategies.base import RouteTable
 
     df = pd.DataFrame([{"model": "mlp", "batch": 1, "threads": 1, "malloc": "", "concurrency": 1, "strategy": s,
                         "p50_ms": p, "p99_ms": p * 2, "max_ms": p * 3, "samples": 1000, "ci_low_ms": p, "ci_high_ms": p,
@@ -274,7 +275,8 @@ def test_a_required_rate_rules_out_a_capped_search_below_it():
     capacity = {("mlp", 1, 1, "", "a"): Capacity(5000.0, 10.0, capped=True),  # every rate up to 5k passed
                 ("mlp", 1, 1, "", "b"): Capacity(20000.0, 10.0),
                 ("mlp", 1, 1, "", "c"): Capacity(900.0, 10.0)}
-    cell = decide(df, facts, Constraints(caller="python", required_rate_rps=8000), capacity=capacity)[0].cells[0]
+    cell = decide(df, RouteTable.from_json(facts), Constraints(caller="python", required_rate_rps=8000),
+                  capacity=capacity)[0].cells[0]
     assert [r.strategy for r in cell.eligible] == ["b"]
     why = dict(cell.excluded)
     assert why["a"].startswith("held every rate tried within p99 10 ms, up to 5,000/s (the search's cap); 8,000/s was not tested")

@@ -85,8 +85,9 @@ class Measured:
     detail: dict[str, Any] = field(default_factory=dict)
     cpu_s: float | None = None  # CPU seconds over the calls counted (default: the meter over measure())
     cpu_by_role: dict[str, float] = field(default_factory=dict)
-    #: rows of their own (a length bucket): each {"point", "latency_ns", "figures"}; the results store gives
-    #: each the cell's identity with ``.point`` appended, so compare and history follow it apart
+    #: measured parts of the cell (a length bucket): each {"point", "latency_ns", "figures"}, kept inside the
+    #: cell's record (bench.record.Part); as rows (summary.csv, compare, history) each has the cell's identity
+    #: with ``.point`` appended, so they are followed apart
     parts: list[dict[str, Any]] = field(default_factory=list)
     #: wrong outputs the scenario found itself (every request checked): the cell is invalid, never ranked
     problems: list[str] = field(default_factory=list)
@@ -164,7 +165,7 @@ class Scenario:
     def report(self, rows: list[dict[str, Any]], results: list[CellResult], options: dict[str, Any]) -> Section | None:
         """This scenario's section of the report from its summary.csv rows (plain dicts, one per cell and one
         per part of a cell) and its cell records (``bench.record.CellResult``, each cell's parts inside it;
-        ``bench.record.rows`` gives them as rows of their own). None: no section."""
+        ``bench.record.with_parts`` gives them as rows of their own). None: no section."""
         return None
 
 

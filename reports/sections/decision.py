@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from bench.constraints import can_call
 from bench.sections import Section, Table
 from reports import scorecard as cards
 from reports.claims import answer as answer_claims
@@ -58,7 +57,7 @@ def every_route(x: Inputs) -> list[Section]:
                       "the side-by-side ratio where close leads were measured again, and the rest with their reasons.")
     for b in x.blocks:
         who = LANGUAGE_NAMES[b.caller]
-        cannot = sorted(n for n, f in x.facts.items() if f is not None and not can_call(f, b.caller))
+        cannot = sorted(n for n, f in x.facts.items() if not f.callable_from(b.caller))
         rows = []
         for c in b.cells:
             ranked = "; ".join(("= " if r.tie_with_first else "") + f"{r.strategy} {fmt_ms(r.p50_ms)}"
@@ -68,7 +67,7 @@ def every_route(x: Inputs) -> list[Section]:
                                + (f" [{r.max_rps:,.0f}/s within the p99 budget]" if r.max_rps else "")
                                + (f" [{r.note}]" if r.note else "") for r in c.eligible) or "-"
             other = [f"{s}: {why}" for s, why in c.excluded
-                     if can_call(x.facts.get(s.partition("@")[0]) or {}, b.caller) and why != NOT_MEASURED]
+                     if x.facts.of(s).callable_from(b.caller) and why != NOT_MEASURED]
             rows.append([c.model, str(c.batch), str(c.threads)] + ([c.malloc] if policies else [])
                         + [ranked, "; ".join(other) or "-"])
         if cannot:

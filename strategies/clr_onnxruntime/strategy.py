@@ -109,7 +109,7 @@ class ClrOnnxRuntime(ClrStrategy):
         dotnet.build()
         t1 = time.perf_counter()
         export_into(model, out_dir, default_cache_dir())
-        (out_dir / "dotnet.json").write_text(json.dumps({"assembly_s": t1 - t0, "export_s": time.perf_counter() - t1}))
+        (out_dir / "build.json").write_text(json.dumps({"assembly_s": t1 - t0, "export_s": time.perf_counter() - t1}))
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
         assert artifacts is not None

@@ -1,5 +1,5 @@
 """Does the ONNX Runtime routes' choice of ONNX file hold up? After the prepare-time selection
-(strategies/onnxruntime/export.py: every exporter, every optimization level, checked and timed
+(strategies/shared/onnx_export.py: every exporter, every optimization level, checked and timed
 briefly at 1 thread, batch 1 and 8), every variant it timed, eager torch, and the `onnxruntime`
 strategy's session as the harness opens it (the chosen variant) are measured again side by side in
 rotating rounds, one thread, at batch 1 and 8: on the built-in transformer and on a BERT-style
