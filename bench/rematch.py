@@ -245,9 +245,11 @@ class WarmWorker:
             Path(str(self.job_file).replace(".job.json", ".result.json")).unlink(missing_ok=True)
 
 
-def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S) -> list[Group]:
+def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S,
+        before_round: Any = None) -> list[Group]:
     """Measure each group's contenders in alternating rounds in warm workers (``runner`` provides the
-    models, artifacts and cell jobs); a worker that fails to open or dies loses only its own figures."""
+    models, artifacts and cell jobs); a worker that fails to open or dies loses only its own figures.
+    ``before_round(group, r)`` runs before each round, outside every turn (a benchmark plants a slow period there)."""
     import strategies
     from bench.progress import fmt_duration
 
@@ -283,6 +285,8 @@ def run(runner: Any, groups: list[Group], rounds: int, turn_s: float = TURN_S) -
             for r in range(rounds):
                 if len(workers) < 2:
                     break
+                if before_round is not None:
+                    before_round(g, r)
                 medians: dict[str, float] = {}
                 for s in turn_order(list(workers), r):
                     try:

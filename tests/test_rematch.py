@@ -105,7 +105,10 @@ def test_a_worker_that_dies_mid_rematch_loses_only_its_own_figures(tmp_path: Pat
     run = RunDir(tmp_path / "r")
     run.path.mkdir()
     runner = Runner(cfg, run, cache_dir=tmp_path / "cache", progress=Progress(1), cells=[])
-    [g] = rematch.run(runner, [Group("mlp", 1, 1, "", ["torch", "torch-twin-test", "crash-test"])], rounds=6, turn_s=0.1)
+    seen: list[tuple[int, int]] = []  # (round, rounds measured before it): the hook runs before each, outside turns
+    [g] = rematch.run(runner, [Group("mlp", 1, 1, "", ["torch", "torch-twin-test", "crash-test"])], rounds=6, turn_s=0.1,
+                      before_round=lambda group, r: seen.append((r, len(group.medians))))
+    assert seen == [(r, r) for r in range(6)]
     assert "crash-test" in g.errors and "died in round" in g.errors["crash-test"], g.errors
     assert set(g.errors) == {"crash-test"}
     assert len(g.medians) == 6 and all({"torch", "torch-twin-test"} <= set(r) for r in g.medians)

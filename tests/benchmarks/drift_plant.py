@@ -1,0 +1,151 @@
+"""A planted slow period against the two ways of comparing routes: today's cells, each measured alone at
+its own moment, and interleaved rounds of warm workers (the rematch's method, which issue 29 makes the
+measurement method).
+
+The plant slows every call on one CPU, the median included: a SCHED_FIFO process pinned to it that spins
+100 µs and sleeps 100 µs (a plain busy loop does not do it: the scheduler's time slices leave the median
+almost untouched). torch and onnxruntime run on the MLP at batch 1, every process pinned to that CPU
+(``--cpus``). Each method runs twice, quiet and planted; the plant starts halfway through:
+
+- cells: after the first cell (torch) is written, so it lands on the second cell only;
+- rounds: before the middle round, so half of the rounds run slow.
+
+Printed: the onnxruntime/torch ratio of each, quiet and planted, and how far the plant moved it. Figures,
+not a test (tests/test_drift_plant.py checks the plant's mechanics). Needs root (SCHED_FIFO):
+
+    python -m tests.benchmarks.drift_plant [--cpu 0] [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+PLANT = """
+import os, sys, time
+os.sched_setaffinity(0, {%d})
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+end = time.monotonic() + %f
+while time.monotonic() < end:
+    t = time.perf_counter() + 100e-6
+    while time.perf_counter() < t:
+        pass
+    time.sleep(100e-6)
+"""
+
+
+@contextmanager
+def planted(cpu: int, limit_s: float = 600.0):
+    """The slow period: a real-time spinner on ``cpu`` until the block ends (or ``limit_s``, whichever first)."""
+    from plumbing.processes import die_with_parent, kill_group
+
+    proc = subprocess.Popen([sys.executable, "-c", PLANT % (cpu, limit_s)], start_new_session=True,
+                            preexec_fn=die_with_parent)
+    try:
+        time.sleep(0.2)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the plant could not start (status {proc.returncode}; SCHED_FIFO needs root)")
+        yield proc
+    finally:
+        kill_group(proc)
+
+
+def cells_ratio(root: Path, cpu: int, plant: bool, budget: list[str]) -> float:
+    """Today's method: `bench run`, each cell in its own worker; the plant starts once the first cell is written."""
+    run = root / ("cells-planted" if plant else "cells-quiet")
+    cmd = [sys.executable, "-m", "bench", "run", "--profile", "quick", "--models", "mlp", "--strategies", "torch,onnxruntime",
+           "--batch-sizes", "1", "--scenarios", "latency", "--cpus", str(cpu), "--rematch-rounds", "0", "--no-report",
+           "--no-history", "--out", str(root), "--run-id", run.name, *budget]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    plant_ctx = None
+    try:
+        if plant:
+            while proc.poll() is None and not list((run / "cells").glob("*.json")):
+                time.sleep(0.05)
+            plant_ctx = planted(cpu)
+            plant_ctx.__enter__()
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if plant_ctx is not None:
+            plant_ctx.__exit__(None, None, None)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench run failed: {err[-500:]}")
+    p50 = {}
+    for f in (run / "cells").glob("*.json"):
+        d = json.loads(f.read_text())
+        p50[d["cell"]["strategy"]] = d["latency"]["p50"]
+    return p50["onnxruntime"] / p50["torch"]
+
+
+def rounds_ratio(root: Path, cpu: int, plant: bool, rounds: int) -> tuple[float, float, float]:
+    """Interleaved rounds: both routes opened in warm workers, turns alternating; the plant from the middle round."""
+    import strategies
+    from bench import rematch
+    from bench.config import build_config
+    from bench.progress import Progress
+    from bench.results import RunDir
+    from bench.runner import Runner
+
+    strategies.discover()
+    cfg = build_config({}, {"profile": "quick", "models": "mlp", "strategies": "torch,onnxruntime", "batch_sizes": "1",
+                            "scenarios": "latency", "cpus": str(cpu)}, strategies.names())
+    run = RunDir(root / ("rounds-planted" if plant else "rounds-quiet"))
+    run.path.mkdir(parents=True)
+    runner = Runner(cfg, run, cells=[], progress=Progress(0, stream=io.StringIO()))
+    ctx: list = []
+
+    def before_round(group, r: int) -> None:
+        if plant and r == rounds // 2 and not ctx:
+            ctx.append(planted(cpu))
+            ctx[0].__enter__()
+
+    try:
+        [g] = rematch.run(runner, [rematch.Group("mlp", 1, 1, "", ["torch", "onnxruntime"])], rounds,
+                          before_round=before_round)
+    finally:
+        for c in ctx:
+            c.__exit__(None, None, None)
+    p = rematch.paired(g.medians, "torch", "onnxruntime")
+    if p is None:
+        raise RuntimeError(f"the rounds gave no ratio: {g.errors}")
+    return p.ratio, p.low, p.high
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("drift plant: skipped (SCHED_FIFO needs root)")
+        return 0
+    budget = ["--max-time", "1.5", "--min-time", "1.0"]
+    root = Path(tempfile.mkdtemp(prefix="interop-bench-drift-"))
+    try:
+        print(f"drift plant: a SCHED_FIFO spinner (100 µs on, 100 µs off) on CPU {args.cpu}, started halfway; "
+              f"onnxruntime/torch on the MLP at batch 1, every process on CPU {args.cpu}")
+        quiet, hit = cells_ratio(root, args.cpu, False, budget), cells_ratio(root, args.cpu, True, budget)
+        print(f"  cells, one at a time:   quiet {quiet:.3f}   planted {hit:.3f}   moved {hit / quiet - 1:+.0%}")
+        (q, ql, qh), (h, hl, hh) = rounds_ratio(root, args.cpu, False, args.rounds), rounds_ratio(root, args.cpu, True, args.rounds)
+        print(f"  interleaved rounds:     quiet {q:.3f} (95% {ql:.3f}-{qh:.3f})   planted {h:.3f} (95% {hl:.3f}-{hh:.3f})   "
+              f"moved {h / q - 1:+.1%}  (target: under 3%)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
