@@ -171,6 +171,13 @@ def status_of(row: Any) -> str:
     return "" if bool(row.valid) else (row.status or "not valid")
 
 
+def shown(row: Any, figures: Any) -> str:
+    """A table cell: empty where nothing was measured, the status of a cell that is not valid, else its figures."""
+    if row is None:
+        return ""
+    return f"*{status_of(row)}*" if status_of(row) else figures(row)
+
+
 # -- the page ---------------------------------------------------------------------------------------
 
 def when(meta: dict[str, Any]) -> str:
@@ -342,14 +349,8 @@ def latency_table(rows: pd.DataFrame) -> list[str]:
     for s in _order(rows):
         line = [s]
         for k in combos:
-            r = by.get((s, k))
-            if r is None:
-                line.append("")
-            elif status_of(r):
-                line.append(f"*{status_of(r)}*")
-            else:
-                p99 = fmt_ms(r.p99_ms) if _num(col(r, "p99_ms")) is not None else "n/e"
-                line.append(_mark(r, fmt_ms(r.p50_ms)) + " / " + p99)
+            line.append(shown(by.get((s, k)), lambda r: _mark(r, fmt_ms(r.p50_ms)) + " / "
+                              + (fmt_ms(r.p99_ms) if _num(col(r, "p99_ms")) is not None else "n/e")))
         body.append(line)
     return table(["strategy", *[f"{_combo_label(k, varying)}: p50 / p99" for k in combos]], body)
 
@@ -495,13 +496,8 @@ def slo_section(df: pd.DataFrame, cfg: dict[str, Any]) -> list[str]:
     for s in _order(rate, "neg"):
         line = [s]
         for m in models:
-            r = by.get((m, s))
-            if r is None:
-                line.append("")
-            elif status_of(r):
-                line.append(f"*{status_of(r)}*")
-            else:
-                line.append(f"{fmt_sig(col(r, 'max_rps_within_slo'))}/s, {fmt_ms(col(r, 'cpu_ms_per_inference'))} CPU")
+            line.append(shown(by.get((m, s)), lambda r: f"{fmt_sig(col(r, 'max_rps_within_slo'))}/s, "
+                              f"{fmt_ms(col(r, 'cpu_ms_per_inference'))} CPU"))
         body.append(line)
     budget = _num(((cfg.get("scenario_options") or {}).get("slo") or {}).get("p99"))  # seconds
     within = f"p99 {budget * 1e3:g} ms" if budget else "the p99 budget"
