@@ -365,7 +365,7 @@ def throughput_table(rows: pd.DataFrame) -> list[str]:
         line = [s]
         for k in combos:
             r = by.get((s, k))
-            line.append("" if r is None else f"*{status_of(r)}*" if status_of(r) else fmt_sig(r.throughput_sps))
+            line.append(shown(r, lambda r: fmt_sig(r.throughput_sps)))
         body.append(line)
     return table(["strategy", *[f"{_combo_label(k, varying)}" for k in combos]], body)
 
@@ -418,7 +418,7 @@ def payload_section(df: pd.DataFrame) -> list[str]:
         line = [s]
         for size in sizes:
             r = by.get((s, size))
-            line.append("" if r is None else f"*{status_of(r)}*" if status_of(r) else _mark(r, fmt_ms(r.p50_ms)))
+            line.append(shown(r, lambda r: _mark(r, fmt_ms(r.p50_ms))))
         body.append(line)
     return ["## Moving the bytes: the payload sweep", "",
             "The `identity` model (it returns its input), one caller: median latency per payload size in each "
