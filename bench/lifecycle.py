@@ -24,7 +24,7 @@ from typing import Any
 import strategies
 from bench.config import RunConfig, format_size
 from bench.record import Cell, Status, with_parts
-from bench.results import RunDir, RunLock, check_run_id, resolve_run
+from bench.results import RunDir, RunLock, check_run_id, resolve_run, summary_frame
 from plumbing.errors import UserError
 from plumbing.files import WRITE_ERRORS
 from strategies.base import RouteTable, base_name
@@ -355,12 +355,13 @@ def print_summary(run: RunDir) -> None:
     from bench.runner import describe_outcome
     from reports.tables import allocator_flips, decisions, terminal_table
 
-    df = run.frame()
+    cells = run.load_cells(samples=False)
+    df = summary_frame(cells, run.id)
     standing = {n for n in scenarios.names() if scenarios.get(n).fixed_sections}
     main = df[df.scenario.isin(standing)].reset_index(drop=True)
     if len(main) or len(main) == len(df):
         print(terminal_table(main))
-    others = [r for r in with_parts(run.load_cells(samples=False)) if r.cell.scenario not in standing]
+    others = [r for r in with_parts(cells) if r.cell.scenario not in standing]
     if others:
         w = max(len(r.id) for r in others)
         for r in sorted(others, key=lambda r: (r.cell.scenario, r.cell.model, r.cell.strategy)):

@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench import allocator, record, rematch
 from bench.record import CellResult
-from bench.results import RunDir
+from bench.results import RunDir, summary_frame
 from bench.sections import Curve, Figure, Section, Table
 from reports import crossovers, plots
 from reports.decision import Block, Capacity, Constraints, decide
@@ -86,7 +86,7 @@ def gather(run: RunDir, decision: dict[str, Any] | None = None) -> Inputs:
     cfg = meta.get("config", {})
     cells = run.load_cells(samples=True)
     rows = record.with_parts(cells)
-    frame = run.frame()
+    frame = summary_frame(cells, run.id)  # from the cells just read, not by reading every file again
     with contextlib.suppress(Exception):  # a plugin gone since the run: its cells still show in the tables
         scenarios.discover(cfg.get("plugins") or [])
     standing = {n for n in scenarios.names() if scenarios.get(n).fixed_sections}
