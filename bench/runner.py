@@ -68,6 +68,9 @@ def worker_env(threads: int, malloc: str = allocator.DEFAULT) -> dict[str, str]:
     env = dict(os.environ)
     n = str(threads)
     env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENBLAS_NUM_THREADS=n, PYTHONHASHSEED="0")
+    # Mono keeps a performance-counter area in /dev/shm (mono.PID) that a killed process leaves behind;
+    # nothing here reads it, so a worker's Mono makes none
+    env.setdefault("MONO_DISABLE_SHARED_AREA", "1")
     for k in allocator.STEADY_ENV:  # the run's policy, not whatever the caller's shell had
         env.pop(k, None)
     env.update(allocator.preload_env(env.pop("LD_PRELOAD", ""), malloc))

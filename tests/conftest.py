@@ -96,6 +96,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def no_shared_memory_outlives_its_process():
+    """Mono's /dev/shm/mono.PID of a worker the tests killed (the CLR crash tests) must not be left behind."""
+    yield
+    import glob
+
+    import psutil
+
+    stale = [f for f in glob.glob("/dev/shm/mono.*") if f.rsplit(".", 1)[-1].isdigit()
+             and not psutil.pid_exists(int(f.rsplit(".", 1)[-1]))]
+    assert not stale, f"shared-memory files of processes that are gone: {stale}"
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_server_outlives_the_tests():
     yield
     import psutil
