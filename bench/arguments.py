@@ -66,6 +66,12 @@ def parser() -> argparse.ArgumentParser:
     for flag, key in (("--warmup", "warmup_s"), ("--min-time", "min_time_s"), ("--max-time", "max_time_s"),
                       ("--target-ci", "target_rel_ci"), ("--concurrency-time", "concurrency_s")):
         s.add_argument(flag, type=float, dest=key)
+    i = r.add_argument_group("interleaved rounds (the latency cells, every route side by side; bench.rounds)")
+    i.add_argument("--rounds", type=float, dest="rounds", metavar="N",
+                   help="rounds per batch size, each a turn for every route (default 12, quick 6; 0: each cell alone)")
+    i.add_argument("--turn", type=float, dest="turn_s", metavar="S", help="seconds of one route's turn (default 0.1)")
+    i.add_argument("--processes", type=float, dest="processes", metavar="N",
+                   help="warm worker processes per route, turns alternating between them (default 2)")
     strategies.discover()
     flags = {f.flag: f for name in strategies.names() for f in strategies.get(name).cli_flags}
     if flags:
@@ -197,8 +203,9 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "batch_sizes": args.batch_sizes, "threads": args.threads, "concurrency": args.concurrency,
         "payload_sizes": args.payload_sizes, "seed": args.seed, "cpus": args.cpus,
         "malloc": args.malloc, "decision": decision_overrides(args),
-        "sampling": {k: getattr(args, k) for k in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci", "concurrency_s")
-                     if getattr(args, k) is not None},
+        "sampling": {k: getattr(args, k) for k in ("warmup_s", "min_time_s", "max_time_s", "target_rel_ci", "concurrency_s",
+                                                   "rounds", "turn_s", "processes")
+                     if getattr(args, k, None) is not None},
     }
     settings: dict[str, dict[str, Any]] = {}
     for name in strategies.names():

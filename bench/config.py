@@ -80,7 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "payload_sizes": ["1KiB", "1MiB"],
         "scenarios": ["latency", "closed-loop", "payload", "shapes"],
         "sampling": SamplingConfig(warmup_s=0.1, min_time_s=0.2, max_time_s=0.6, concurrency_s=0.5,
-                                   target_rel_ci=0.02),
+                                   target_rel_ci=0.02, rounds=6, turn_s=0.05),
     },
     "service": {  # the service question: the highest request rate within a p99 budget, and latency against rate
         "models": ["mlp", "cnn", "transformer"],
@@ -108,7 +108,8 @@ MAX_TIME_S = 86_400.0  # any one sampling time
 MAX_COUNT = 10_000_000  # sampling counts (warm-up calls, samples)
 # the `bench run` flags that set [sampling] keys, named in their errors
 SAMPLING_FLAGS = {"warmup_s": "--warmup", "min_time_s": "--min-time", "max_time_s": "--max-time",
-                  "target_rel_ci": "--target-ci", "concurrency_s": "--concurrency-time"}
+                  "target_rel_ci": "--target-ci", "concurrency_s": "--concurrency-time", "rounds": "--rounds",
+                  "turn_s": "--turn", "processes": "--processes"}
 # [sampling] keys: (minimum, whether the minimum itself is allowed, an integer count)
 _SAMPLING_RULES: dict[str, tuple[float, bool, bool]] = {
     "warmup_s": (0.0, True, False),  # 0: warm up by warmup_calls alone
@@ -122,6 +123,10 @@ _SAMPLING_RULES: dict[str, tuple[float, bool, bool]] = {
     "concurrency_s": (0.0, False, False),
     "tail_quantile": (0.0, True, False),  # 0: off; else below 1 (checked below)
     "tail_target_rel_ci": (0.0, True, False),
+    "rounds": (0, True, True),  # 0: each cell measured alone (the method before interleaved rounds)
+    "turn_s": (0.0, False, False),
+    "processes": (1, True, True),
+    "max_workers": (2, True, True),
 }
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}

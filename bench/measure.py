@@ -27,6 +27,11 @@ class SamplingConfig:
     concurrency_s: float = 2.0  # measuring time for N concurrent callers
     tail_quantile: float = 0.0  # e.g. 0.99: also sample until that percentile is bounded and tight (0: off)
     tail_target_rel_ci: float = 0.05  # ... its 95% interval's half-width within this fraction of it
+    # interleaved rounds (bench.rounds), the method of the scenarios that ask for it (latency); rounds 0: each cell alone
+    rounds: int = 12  # rounds per batch size: each gives every route of the group one turn
+    turn_s: float = 0.1  # a route's turn in a round (at least one call)
+    processes: int = 2  # warm worker processes per route; their spread is the decision's tie margin
+    max_workers: int = 40  # warm workers alive at once: past it, waves (bench.rounds.Plan)
 
     @classmethod
     def from_json(cls, d: dict) -> SamplingConfig:

@@ -143,12 +143,21 @@ def contests(results: list[CellResult], facts: RouteTable, tie_within: float,
 
 
 def load(run_path: Path) -> dict[tuple[str, int, int, str], Group]:
-    """The run's rematch, by (model, batch, threads, allocator); empty when none ran or the file is unreadable."""
-    try:
-        d = json.loads((Path(run_path) / FILE).read_text())
-        return {g.key: g for g in (Group.from_json(x) for x in d.get("groups", []))}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
+    """The run's rounds side by side, by (model, batch, threads, allocator): the interleaved rounds its
+    latency cells were measured in (``rounds.json``, bench.rounds) with the rematch's rounds of the close
+    leads after them; empty where neither ran or the files are unreadable."""
+    out: dict[tuple[str, int, int, str], Group] = {}
+    for name in ("rounds.json", FILE):
+        try:
+            d = json.loads((Path(run_path) / name).read_text())
+            for g in (Group.from_json(x) for x in d.get("groups", [])):
+                old = out.get(g.key)
+                out[g.key] = g if old is None else Group(
+                    g.model, g.batch, g.threads, g.malloc, list(dict.fromkeys(old.strategies + g.strategies)),
+                    old.medians + g.medians, {**old.errors, **g.errors}, old.seconds + g.seconds)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return out
 
 
 # -- the warm workers -----------------------------------------------------------------------------
@@ -172,7 +181,8 @@ class WarmWorker:
         parent_reads, child_writes = os.pipe()
         try:
             atomic_write_json(self.job_file, {**job, "kind": "warm", "fds": [child_reads, child_writes],
-                                              "out": str(job_dir / f"{log_path.stem}.result.json")})
+                                              "out": str(job_dir / f"{log_path.stem}.result.json"),
+                                              "spawned_at": time.time()})
             with open(log_path, "wb") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "bench.worker", str(self.job_file)], stdout=log, stderr=subprocess.STDOUT,
@@ -200,10 +210,13 @@ class WarmWorker:
             if ready:
                 chunk = os.read(self.r, 65536)
                 if not chunk:
-                    rc = self.proc.poll()
+                    try:
+                        rc = self.proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        rc = None
                     raise WorkerGone(f"the worker ended (status {rc}); {self._tail()}")
                 self._buf += chunk
-                if len(self._buf) > 1 << 20:
+                if len(self._buf) > 64 << 20:  # a cell's share holds up to 50,000 samples
                     raise WorkerGone("the worker sent an over-long line")
         line, _, self._buf = self._buf.partition(b"\n")
         try:

@@ -180,6 +180,7 @@ class Runner:
         self.progress = progress or Progress(len(self.cells))
         self.work = run.path / ".work"
         self.generator: dict[str, Any] = {}
+        self.models: dict[str, ModelState] = {}
 
     def _timeout(self, cell: Cell) -> float:
         from bench import scenarios
@@ -308,36 +309,100 @@ class Runner:
         for name, a in avail.items():
             if not a.ok:
                 self.progress.note(f"strategy {name} unavailable here: {a.reason}")
-        models = self.probe(list(dict.fromkeys(c.model for c in pending if avail[c.strategy].ok)))
+        models = self.models = self.probe(list(dict.fromkeys(c.model for c in pending if avail[c.strategy].ok)))
 
         prepared: dict[tuple[str, str], Prepared | PrepareFailed | None] = {}
-        for cell in pending:
-            label = cell.id
-            self.progress.begin(label)
+
+        def settle(cell: Cell) -> CellResult | Prepared | None:
+            """The cell's result where it cannot run (skipped, failed to prepare), else its artifacts."""
             strategy = strats[cell.strategy]
             if not avail[cell.strategy].ok:
-                result = CellResult(cell, Status.SKIPPED, f"unavailable: {avail[cell.strategy].reason}")
-            elif cell.concurrency > 1 and not strategy.concurrent_calls:
-                result = CellResult(cell, Status.SKIPPED, f"{cell.strategy} does not allow concurrent calls")
-            elif models[cell.model].error:
-                result = CellResult(cell, Status.ERROR, models[cell.model].error)
-            else:
-                key = (cell.strategy, cell.model)
-                if key not in prepared:
-                    prepared[key] = self.prepare(strategy, models[cell.model]) if strategy.needs_artifacts else None
-                prep = prepared[key]
-                if isinstance(prep, PrepareFailed):
-                    result = CellResult(cell, Status.ERROR, prep.error, prep.traceback)
-                else:
-                    result = self.run_cell(cell, models[cell.model], prep)
+                return CellResult(cell, Status.SKIPPED, f"unavailable: {avail[cell.strategy].reason}")
+            if cell.concurrency > 1 and not strategy.concurrent_calls:
+                return CellResult(cell, Status.SKIPPED, f"{cell.strategy} does not allow concurrent calls")
+            if models[cell.model].error:
+                return CellResult(cell, Status.ERROR, models[cell.model].error)
+            key = (cell.strategy, cell.model)
+            if key not in prepared:
+                prepared[key] = self.prepare(strategy, models[cell.model]) if strategy.needs_artifacts else None
+            prep = prepared[key]
+            if isinstance(prep, PrepareFailed):
+                return CellResult(cell, Status.ERROR, prep.error, prep.traceback)
+            return prep
+
+        def record(result: CellResult) -> None:
             self.run_dir.write_cell(result)
             held[result.id] = result.without_samples()
             self.run_dir.write_summary(list(held.values()))
             outcome.measuring_s += result.measure_s or 0.0
             outcome.ran += 1
             outcome.statuses[str(result.status)] = outcome.statuses.get(str(result.status), 0) + 1
-            self.progress.finish(label, describe_outcome(result))
+            self.progress.finish(result.id, describe_outcome(result))
+
+        groups = self.interleaved_groups(pending)
+        done_groups: set[tuple[str, int, str]] = set()
+        for cell in pending:
+            key = (cell.model, cell.threads, cell.malloc)
+            if key in groups:
+                if key not in done_groups:
+                    done_groups.add(key)
+                    self._rounds(groups[key], settle, record)
+                continue
+            self.progress.begin(cell.id)
+            got = settle(cell)
+            record(got if isinstance(got, CellResult) else self.run_cell(cell, models[cell.model], got))
         return outcome
+
+
+    # -- interleaved rounds (bench.rounds) -------------------------------------------------------------
+    def interleaved_groups(self, pending: list[Cell]) -> dict[tuple[str, int, str], list[Cell]]:
+        """The pending cells measured in interleaved rounds, by (model, threads, allocator): those of a scenario
+        that asks for it, with one caller, unless ``[sampling] rounds = 0`` (each cell alone)."""
+        from bench import scenarios
+
+        out: dict[tuple[str, int, str], list[Cell]] = {}
+        if self.cfg.sampling.rounds <= 0:
+            return out
+        for c in pending:
+            if c.concurrency == 1 and scenarios.get(c.scenario).interleaved:
+                out.setdefault((c.model, c.threads, c.malloc), []).append(c)
+        return out
+
+    def _rounds(self, cells: list[Cell], settle: Any, record: Any) -> None:
+        from bench import rounds
+        from bench.progress import fmt_duration
+
+        first = cells[0]
+        routes: dict[str, Any] = {}
+        runnable: list[Cell] = []
+        for c in cells:
+            got = settle(c)
+            if isinstance(got, CellResult):
+                self.progress.begin(c.id)
+                record(got)
+            else:
+                routes.setdefault(c.strategy, got)
+                runnable.append(c)
+        if not runnable:
+            return
+        batches = sorted({c.batch for c in runnable})
+        s = self.cfg.sampling
+        run = rounds.GroupRun(self, self.models[first.model], first.threads, first.malloc, routes, batches,
+                              {c.id for c in runnable}, record)
+        est = rounds.estimate_s(len(routes), len(batches), s.rounds, s.turn_s, s.processes)
+        self.progress.note(
+            f"{first.model}, {first.threads} thread(s){', ' + first.malloc if first.malloc else ''}: {len(routes)} routes x "
+            f"{s.processes} processes ({run.plan.alive_at_most} alive at once), batch {', '.join(map(str, batches))}: "
+            f"{s.rounds} interleaved rounds of {s.turn_s:g}s turns (about {fmt_duration(est)} of turns)")
+        t0 = time.monotonic()
+        measured = run.run()
+        rounds.write(self.run_dir.path, measured.values(), s.rounds, s.turn_s, s.processes)
+        self.progress.note(f"  done in {fmt_duration(time.monotonic() - t0)}")
+
+    def warm_job(self, cell: Cell, model: ModelState, prep: Prepared | None, batches: list[int]) -> dict[str, Any]:
+        """What a warm worker needs to open ``cell``'s route and measure turns at each of ``batches``."""
+        return {**self.cell_job(cell, model, prep), "batches": batches,
+                "references": {str(b): str(reference_path(model.ref_dir, b)) for b in batches}}
 
 
 def describe_outcome(r: CellResult) -> str:

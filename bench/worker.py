@@ -8,7 +8,8 @@ Three jobs, each reading its JSON job file and writing one JSON result atomicall
 - ``cell``: open a strategy, then cold start, warm-up, the cell's scenario (bench.scenarios), memory
   and CPU of every process, correctness against the references; its result is the cell's record
   (bench.record.CellResult) as JSON.
-- ``warm``: open a cell's session and keep it warm, measuring turns on request (bench.rematch).
+- ``warm``: open a route's session and keep it warm, measuring turns of several batch sizes on request
+  (bench.rounds, the run's latency cells; bench.rematch).
 - ``generator``: the open-loop load generator's own ceiling, against a session that does nothing.
 
 Anything a job raises becomes its result's error; a crash leaves no result, which the runner
@@ -252,11 +253,24 @@ def cell(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def warm(job: dict[str, Any]) -> dict[str, Any]:
-    """A session kept open and warm for the rematch (bench.rematch): says it is ready, then for each
-    request ``{"seconds": s}`` makes calls for about s seconds and answers with their median, until
-    ``{"stop": true}`` or the end of its input. Requests and answers are JSON lines on the job's pipes."""
+    """A session kept open and warm, measuring turns on request (bench.rounds, bench.rematch). It opens the
+    route as the cell job does (the cold start's phases go back in its first answer, ``ready``), warms up
+    the first of ``job["batches"]``, then answers JSON lines on the job's pipes until ``{"stop": true}``:
+
+    - ``{"batch": b, "warm": true}``: the first call at batch b (kept for the correctness check) and a warm-up;
+    - ``{"batch": b, "seconds": s}``: a turn, calls for about s seconds (at least one); its median back, its
+      samples kept;
+    - ``{"batch": b, "finish": true}``: a last call, checked with the first against the reference, and the
+      cell's share of this process (``bench.rounds.Partial``): its samples, phases, CPU and memory while it ran.
+
+    Memory per cell: the process's baseline is taken before the runtime loads; each batch's steady RSS is
+    the median of samples between its own turns, and its peak the kernel's mark reset when the batch began."""
     import strategies
+    from bench.correctness import compare_outputs, worst
+    from bench.cpu import CpuMeter
+    from bench.environment import THREAD_ENV
     from bench.measure import SamplingConfig, warm_up
+    from bench.memory import MemoryTracker, reset_peak
     from fixtures.specs import ModelSpec, make_inputs
 
     c = job["cell"]
@@ -264,34 +278,120 @@ def warm(job: dict[str, Any]) -> dict[str, Any]:
     cfg = SamplingConfig.from_json(job["sampling"])
     strategies.discover(job.get("plugins", []))
     strategy = strategies.get(c["strategy"])
-    inputs = make_inputs(spec, c["batch"], job["seed"])
+    batches = [int(b) for b in job.get("batches") or [c["batch"]]]
+    inputs = {b: make_inputs(spec, b, job["seed"]) for b in batches}
+    cap = int(job.get("max_raw_samples", 50_000))
     requests, answers = (os.fdopen(fd, mode, buffering=1) for fd, mode in zip(job["fds"], ("r", "w")))
+    tracker = MemoryTracker()
+    cpu = CpuMeter({os.getpid(): "worker"})
     turns, session = 0, None
+    state: dict[int, dict[str, Any]] = {}
+
+    def say(msg: dict[str, Any]) -> None:
+        answers.write(json.dumps(msg) + "\n")
+
+    def begin(b: int) -> dict[str, Any]:
+        if b not in inputs:
+            raise ValueError(f"batch {b} is not one this worker was opened for ({batches})")
+        t1 = time.perf_counter()
+        first = {k: np.array(v, copy=True) for k, v in session.run(inputs[b]).items()}
+        first_call_s = time.perf_counter() - t1
+        warm_calls, per_call = warm_up(session, inputs[b], cfg)
+        for p in tracker.procs.values():  # this cell's memory: from here to its finish
+            p.samples = []
+            reset_peak(p.pid)
+        tracker.sample()
+        st = {"first": first, "first_call_s": first_call_s, "warmup_calls": warm_calls, "per_call_s": per_call,
+              "lat": [], "phases": {}, "measure_s": 0.0, "cpu_mark": cpu.mark(),
+              "payload_bytes": spec.input_bytes(b) + sum(v.nbytes for v in first.values())}
+        state[b] = st
+        return st
+
     try:
+        phases: dict[str, float] = {}
+        if job.get("spawned_at"):
+            phases["interpreter"] = max(0.0, STARTED - job["spawned_at"])
+        t0 = time.perf_counter()
         strategy.load_runtime()
-        _, session = _open(job, strategy, spec)
-        _, per_call = warm_up(session, inputs, cfg)
-        answers.write(json.dumps({"ready": True, "per_call_s": per_call}) + "\n")
+        phases["runtime import"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        handle, session = _open(job, strategy, spec)
+        open_s = time.perf_counter() - t0
+        phases["model build"] = handle.build_s
+        phases["open"] = max(0.0, open_s - handle.build_s)
+        for pid, role in session.pids():
+            tracker.add(pid, role)
+            cpu.add(pid, role)
+        st = begin(batches[0])
+        phases["first call"] = st["first_call_s"]
+        say({"ready": True, "per_call_s": st["per_call_s"], "open_s": open_s, "cold_start_phases": phases,
+             "first_call_s": st["first_call_s"], "pid": os.getpid()})
         for line in requests:
             msg = json.loads(line)
             if not isinstance(msg, dict) or msg.get("stop"):
                 break
+            b = int(msg.get("batch", batches[0]))
+            st = state.get(b)
+            if msg.get("warm"):
+                st = begin(b)
+                say({"per_call_s": st["per_call_s"]})
+                continue
+            if st is None:
+                st = begin(b)
+            if msg.get("finish"):
+                say({"partial": _finish_partial(session, inputs[b], st, tracker, cpu, job, b, cap, spec,
+                                                compare_outputs, worst, THREAD_ENV)})
+                del state[b]
+                continue
             seconds = min(float(msg["seconds"]), 60.0)
-            chunk = max(1, int(seconds / 5 / max(per_call, 1e-7)))
-            lats, end = [], time.perf_counter() + seconds
-            while time.perf_counter() < end or sum(map(len, lats)) < 5:
-                lats.append(session.time_calls(inputs, chunk).latency_ns)
+            chunk = max(1, int(seconds / 5 / max(st["per_call_s"], 1e-7)))
+            lats, t_turn = [], time.perf_counter()
+            end = t_turn + seconds
+            while not lats or time.perf_counter() < end:
+                timings = session.time_calls(inputs[b], chunk)
+                lats.append(timings.latency_ns)
+                for k, v in timings.phases_ns.items():
+                    st["phases"].setdefault(k, []).append(v)
+            st["measure_s"] += time.perf_counter() - t_turn
+            tracker.sample()  # outside the timed calls
+            turn = np.concatenate(lats)
+            st["lat"].append(turn)
             turns += 1
-            answers.write(json.dumps({"median_ns": float(np.median(np.concatenate(lats))),
-                                      "n": int(sum(map(len, lats)))}) + "\n")
-    except Exception as e:  # the rematch names it and goes on without this route
+            say({"median_ns": float(np.median(turn)), "n": int(len(turn))})
+    except Exception as e:  # the caller names it and goes on without this route
         with contextlib.suppress(OSError, ValueError):
-            answers.write(json.dumps({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}) + "\n")
+            say({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
         raise
     finally:
         if session is not None:
             session.close()
     return {"turns": turns}
+
+
+def _finish_partial(session: Any, inputs: Any, st: dict[str, Any], tracker: Any, cpu: Any, job: dict[str, Any],
+                    b: int, cap: int, spec: Any, compare_outputs: Any, worst: Any, thread_env: Any) -> dict[str, Any]:
+    """One batch's share of a warm worker (bench.rounds.Partial as JSON)."""
+    cpu_s, by_role = cpu.since(st["cpu_mark"])
+    last = {k: np.array(v, copy=True) for k, v in session.run(inputs).items()}
+    tracker.sample()
+    tracker.finish()
+    with np.load(job["references"][str(b)], allow_pickle=False) as ref:
+        expected = {k: ref[k] for k in ref.files}
+    checked = worst(compare_outputs(st["first"], expected, spec.atol, spec.rtol),
+                    compare_outputs(last, expected, spec.atol, spec.rtol))
+    lat = np.concatenate(st["lat"]) if st["lat"] else np.empty(0, dtype=np.int64)
+    calls = int(len(lat))
+    return {
+        "samples_ns": _capped(lat, cap), "calls": calls, "median_ns": float(np.median(lat)) if calls else None,
+        "sum_ns": int(lat.sum()), "turn_medians_ns": [float(np.median(t)) for t in st["lat"]],
+        "phases_ns": {k: _capped(np.concatenate(v), cap) for k, v in st["phases"].items()},
+        "cpu_s": cpu_s, "cpu_by_role": by_role, "memory": tracker.to_json(session.memory_extra()),
+        "correctness": checked, "session": session.describe(), "payload_bytes": st["payload_bytes"],
+        "first_call_s": st["first_call_s"], "warmup_calls": st["warmup_calls"], "measure_s": st["measure_s"],
+        "worker_pid": os.getpid(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "malloc_env": {k: os.environ[k] for k in allocator.ENV_KEYS if k in os.environ},
+        "thread_env": {k: os.environ.get(k) for k in thread_env},
+    }
 
 
 def generator(job: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class Inputs:
     crossing: tuple[list[crossovers.PayloadCrossover], list[crossovers.Switch]]
     sessions: dict[str, dict[str, Any]]  # what each strategy said of its session
     per_model: dict[tuple[str, str], dict[str, Any]]  # (model, strategy) -> facts that depend on the model
+    interleaved: bool = False  # its latency cells were measured in interleaved rounds (bench.rounds)
 
     @property
     def valid(self) -> pd.DataFrame:
@@ -119,7 +120,8 @@ def gather(run: RunDir, decision: dict[str, Any] | None = None) -> Inputs:
                 crossovers.ranking_switches(df, facts, constraints.tie_within))
     return Inputs(run, meta, meta.get("environment", {}), cfg, cells, rows, frame, standing, results, df_all, df,
                   policies, plots.colors(sorted(set(df.strategy)) or [BASELINE]), facts, constraints, blocks, capacity,
-                  fits, crossing, sessions, per_model)
+                  fits, crossing, sessions, per_model,
+                  interleaved=any(r.sampling.get("method") == "rounds" for r in results))
 
 
 def build(run: RunDir, decision: dict[str, Any] | None = None) -> Report:

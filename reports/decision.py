@@ -38,7 +38,14 @@ class Constraints:
         return cls(**{k: d[k] for k in ("caller", "python_at_deployment", "memory_budget_mb", "p99_budget_ms", "tie_within",
                                         "required_rate_rps") if k in d})
 
-    def describe(self) -> str:
+    @property
+    def tie_floor(self) -> float:
+        """The least tie margin: a ``tie_within`` the reviewer set (anything but the default, which is only the
+        fallback where a route ran in one process); 0 otherwise, so the margin is the spread measured."""
+        return self.tie_within if self.tie_within != DEFAULT_TIE_WITHIN else 0.0
+
+    def describe(self, interleaved: bool = False) -> str:
+        """The constraints in words; ``interleaved``: the run measured its routes side by side in rounds."""
         parts = []
         if self.python_at_deployment is False:
             parts.append("no Python at deployment")
@@ -48,9 +55,15 @@ class Constraints:
             parts.append(f"p99 within {_ms(self.p99_budget_ms)}")
         if self.required_rate_rps is not None:
             parts.append(f"holds {self.required_rate_rps:,.0f} requests/s within the slo scenario's p99 budget")
-        parts.append(f"a lead under {self.tie_within:.0%} is a tie, and so is one inside the noise: overlapping 95% "
-                     "intervals of two cells' medians, or, where close leads were measured again side by side in "
-                     "alternating rounds, a paired ratio whose 95% interval contains 1")
+        if interleaved:
+            parts.append("routes measured side by side in interleaved rounds are tied when their paired ratio's 95% "
+                         "interval contains 1 or their lead is under the spread measured between their processes"
+                         + (f" (at least {self.tie_floor:.0%})" if self.tie_floor else "")
+                         + f"; where a route ran in one process, a lead under {self.tie_within:.0%} is a tie")
+        else:
+            parts.append(f"a lead under {self.tie_within:.0%} is a tie, and so is one inside the noise: overlapping 95% "
+                         "intervals of two cells' medians, or, where close leads were measured again side by side in "
+                         "alternating rounds, a paired ratio whose 95% interval contains 1")
         return "; ".join(parts)
 
 
@@ -77,12 +90,19 @@ class Ranked:
     paired_low: float | None = None
     paired_high: float | None = None
     paired_rounds: int | None = None
+    #: how much two of this route's processes differed (bench.rounds: largest minus smallest process median over
+    #: their middle); with the first's, the tie margin of this route against it. None: it ran in one process
+    process_spread: float | None = None
+    #: the tie margin applied against the first: the larger of the two routes' process spreads, or the
+    #: constraints' ``tie_within`` where either ran in one process. None in decisions made before it existed
+    tie_margin: float | None = None
 
     def paired_text(self) -> str:
         if self.paired_ratio is None:
             return ""
+        margin = f"; tie margin {self.tie_margin:.1%}, the spread between processes" if self.tie_margin is not None else ""
         return (f"{self.paired_ratio:.3f}x the first's time side by side (95% {self.paired_low:.3f}-{self.paired_high:.3f}, "
-                f"{self.paired_rounds} alternating rounds)")
+                f"{self.paired_rounds} alternating rounds{margin})")
 
 
 @dataclass
@@ -121,7 +141,7 @@ class CellDecision:
         if len(lead) > 1:
             side = [f"{r.strategy} {r.paired_text()}" for r in self.eligible[1:] if r.strategy in lead and r.paired_ratio]
             return (f"a tie between **{'**, **'.join(lead)}** ({', '.join(_ms(r.p50_ms) for r in self.eligible if r.strategy in lead)} p50): "
-                    "within the noise of each other" + (f"; measured again side by side, {'; '.join(side)}" if side else ""))
+                    "within the noise of each other" + (f"; side by side, {'; '.join(side)}" if side else ""))
         text = f"**{first.strategy}** at {_ms(first.p50_ms)} p50"
         if len(self.eligible) > 1:
             second = self.eligible[1]
@@ -210,9 +230,10 @@ def decide(df: pd.DataFrame, facts: RouteTable, constraints: Constraints,
                 note = "measured from a Python client" if "any" in f.languages and caller != "python" else ""
                 candidates.append(Ranked(r.strategy, float(r.p50_ms), _f(r.p99_ms), _f(r.ci_low_ms), _f(r.ci_high_ms),
                                          _f(r.throughput_sps), _f(r.mem_added_mb), note=note,
-                                         max_rps=cap.max_rps if cap else None))
+                                         max_rps=cap.max_rps if cap else None,
+                                         process_spread=_f(getattr(r, "process_spread_fraction", None))))
             cd.eligible = _rank(candidates, (rematch or {}).get((str(model), int(batch), int(threads), str(malloc))),
-                                constraints.tie_within)
+                                constraints.tie_within, constraints.tie_floor)
             measured = set(g.strategy)
             for name, f in sorted(facts.items()):
                 if name not in measured and not any(base_name(s) == name for s in measured) \
@@ -223,7 +244,7 @@ def decide(df: pd.DataFrame, facts: RouteTable, constraints: Constraints,
     return blocks
 
 
-def _rank(candidates: list[Ranked], group: Any, tie_within: float) -> list[Ranked]:
+def _rank(candidates: list[Ranked], group: Any, tie_within: float, floor: float = 0.0) -> list[Ranked]:
     """Candidates in p50 order, ties with the first marked. Where the close contenders were measured again
     side by side (``group``, a bench.rematch.Group, covering the fastest), they are ordered by that paired
     ratio, and one is tied with the first when the ratio's 95% interval contains 1 or its lead is under
@@ -244,13 +265,22 @@ def _rank(candidates: list[Ranked], group: Any, tie_within: float) -> list[Ranke
                 candidates[i] = c
     first = candidates[0]
     for c in candidates[1:]:
+        margin = tie_within
+        if first.process_spread is not None and c.process_spread is not None:  # measured in this run
+            margin = c.tie_margin = max(first.process_spread, c.process_spread, floor)
         p = paired(group.medians, first.strategy, c.strategy) if c in contested and first in contested else None
         if p is not None:
             c.paired_ratio, c.paired_low, c.paired_high, c.paired_rounds = p.ratio, p.low, p.high, p.rounds
-            c.tie_with_first = p.indistinct or p.ratio <= 1 + tie_within
+            c.tie_with_first = p.indistinct or p.ratio <= 1 + margin
         else:
-            c.tie_with_first = close_to(first.p50_ms, first.ci_high_ms, c.p50_ms, c.ci_low_ms, tie_within)
+            c.tie_with_first = close_to(first.p50_ms, first.ci_high_ms, c.p50_ms, c.ci_low_ms, margin)
     return candidates
+
+
+def _ranked_json(r: Ranked) -> dict[str, Any]:
+    """A ranked route as decision.json holds it; the process spread and tie margin only where measured, so a
+    run measured before them decides to the same file."""
+    return {k: v for k, v in asdict(r).items() if v is not None or k not in ("process_spread", "tie_margin")}
 
 
 def _f(v: Any) -> float | None:
@@ -264,7 +294,7 @@ def to_json(blocks: list[Block], constraints: Constraints, crossings: tuple[list
         "constraints": asdict(constraints),
         "blocks": [{"caller": b.caller, "cells": [{
             "model": c.model, "batch": c.batch, "threads": c.threads, "malloc": c.malloc,
-            "eligible": [asdict(r) for r in c.eligible],
+            "eligible": [_ranked_json(r) for r in c.eligible],
             "ties": c.leaders if len(c.leaders) > 1 else [],
             "excluded": [{"strategy": s, "reason": why} for s, why in c.excluded],
         } for c in b.cells]} for b in blocks],

@@ -117,6 +117,9 @@ class Scenario:
     #: compare tests its cells' latency samples (False where they come from a rate that differs from run
     #: to run, as the slo search's answer does: its own metrics judge it instead)
     compares_latency: ClassVar[bool] = True
+    #: its one-caller cells are measured in interleaved rounds of warm workers (bench.rounds), every route of a
+    #: model, thread count and allocator side by side, instead of each cell alone through ``measure``
+    interleaved: ClassVar[bool] = False
     #: its cells need the open-loop load generator's own ceiling (measured once per run, in job["load_generator"])
     needs_load_generator: ClassVar[bool] = False
 

@@ -27,6 +27,7 @@ class Latency(Scenario):
     summary = "one caller, calls back to back until the median is stable: latency, its tails and per-call phases"
     legacy_ids = True
     fixed_sections = True
+    interleaved = True  # measure() serves [sampling] rounds = 0 only
 
     def cells(self, cfg: Any, options: dict[str, Any]) -> list[Cell]:
         return main_grid(cfg, self.name, lambda n: n == 1)

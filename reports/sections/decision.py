@@ -21,11 +21,18 @@ def by_caller(x: Inputs) -> list[Section]:
     """What each language should use (the ties explained), and an at-a-glance table."""
     policies = bool(x.policies)
     sec = Section("caller", "Decision by caller language")
-    sec.text.append("Per caller language, model and batch size, one caller: the fastest route that language can call "
-                    f"(median latency), and what runs second. Constraints: {x.constraints.describe()}. Where leads were "
-                    "close, the contenders were measured again after the matrix, opened together in warm workers and "
-                    "timed in alternating rounds (A B, B A, ...) so that drift on the machine hits them alike; that "
-                    "*side by side* ratio orders them. `=` marks a tie with the first.")
+    if x.interleaved:
+        sec.text.append("Per caller language, model and batch size, one caller: the fastest route that language can call "
+                        f"(median latency), and what runs second. Constraints: {x.constraints.describe(True)}. Every "
+                        "route was measured side by side with the others, opened together in warm worker processes "
+                        "and timed in interleaved rounds (A B C, C B A, ...) so that drift on the machine hits them "
+                        "alike; the *side by side* ratio of each round's medians orders them. `=` marks a tie with the first.")
+    else:
+        sec.text.append("Per caller language, model and batch size, one caller: the fastest route that language can call "
+                        f"(median latency), and what runs second. Constraints: {x.constraints.describe()}. Where leads were "
+                        "close, the contenders were measured again after the matrix, opened together in warm workers and "
+                        "timed in alternating rounds (A B, B A, ...) so that drift on the machine hits them alike; that "
+                        "*side by side* ratio orders them. `=` marks a tie with the first.")
     glance: dict[tuple[str, int, int, str], dict[str, str]] = {}
     for b in x.blocks:
         for c in b.cells:

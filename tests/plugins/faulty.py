@@ -46,12 +46,18 @@ class _Wrong(TorchSession):
 class CrashTest(Strategy):
     name = "crash-test"
     summary = ("test only: kills its own worker process on the third call ([strategy.crash-test] after_calls), or on "
-               "the first call after_s seconds after it opened")
-    settings_keys = ("after_calls", "after_s")
+               "the first call after_s seconds after it opened; with once_file, only the first process to open does")
+    settings_keys = ("after_calls", "after_s", "once_file")
 
     def open(self, model: ModelHandle, artifacts: Path | None, options: SessionOptions) -> Session:
-        return _KillsItself(model, options.threads, int(options.settings.get("after_calls", 3)),
-                            float(options.settings.get("after_s", 0.0)))
+        after = int(options.settings.get("after_calls", 3))
+        once = options.settings.get("once_file")
+        if once:  # the first process to open creates the file and dies; every later one runs
+            try:
+                Path(once).open("x").close()
+            except FileExistsError:
+                after = 0
+        return _KillsItself(model, options.threads, after, float(options.settings.get("after_s", 0.0)) if after else 0.0)
 
 
 @register
