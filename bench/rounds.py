@@ -37,8 +37,8 @@ import numpy as np
 
 from bench.record import Cell, CellResult, Correctness, Cpu, Memory, Status, Throughput
 from bench.rematch import Group, WarmWorker, WorkerGone, turn_order
-from plumbing.files import atomic_write_json
 from bench.stats import summarize
+from plumbing.files import atomic_write_json
 
 FILE = "rounds.json"
 READY_TIMEOUT_S = 300.0
@@ -247,7 +247,8 @@ class GroupRun:
     # -- the rounds ---------------------------------------------------------------------------------------------
     def run(self) -> dict[int, Group]:
         t0 = time.monotonic()
-        for self.wave, wave in enumerate(self.plan.waves):
+        for i, wave in enumerate(self.plan.waves):
+            self.wave = i
             try:
                 for name, k in wave:  # one at a time: each cold start measured with nothing else starting
                     if name not in self.failed:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.record import Cell, Status
-from bench.rounds import Partial, Plan, pool, spread
 from bench.results import RunDir
+from bench.rounds import Partial, Plan, pool, spread
 from tests.conftest import run_bench
 
 ROUTES = ["torch", "a", "b", "c", "d"]
