@@ -63,6 +63,14 @@ def _write(dest: RunDir, final: RunDir, shards: list[RunDir], metas: list[dict],
            missing: list[str], envs: dict, config: dict) -> None:
     for name, src in seen.items():
         shutil.copy2(Path(src) / "cells" / name, dest.cells_dir / name)
+    from bench import rounds
+
+    for s in shards:  # each shard's interleaved rounds (a group split over shards keeps each shard's own rounds)
+        got = rounds.read(s.path)
+        if got:
+            sampling = dict(config.get("sampling") or {})
+            rounds.write(dest.path, list(got.values()), int(sampling.get("rounds", 0)), float(sampling.get("turn_s", 0)),
+                         int(sampling.get("processes", 1)))
     ids = {m.get("run_id") for m in metas}
     run_id = ids.pop() if len(ids) == 1 and None not in ids else final.id  # the run's own id, as its shards had it
     dest.write_meta({

@@ -36,7 +36,7 @@ from bench.record import Cell, CellResult
 from bench.runner import PrepareFailed, _child_setup, worker_env
 from plumbing.errors import UserError
 from plumbing.files import atomic_write_json
-from plumbing.processes import kill_group
+from plumbing.processes import describe_exit, kill_group
 from strategies.base import RouteTable
 
 FILE = "rematch.json"
@@ -206,7 +206,7 @@ class WarmWorker:
                 raise WorkerGone(f"no answer within {timeout_s:.0f}s")
             ready, _, _ = select.select([self.r], [], [], min(left, 1.0))
             if not ready and self.proc.poll() is not None:  # dead, though something it started may hold the pipe
-                raise WorkerGone(f"the worker ended (status {self.proc.returncode}); {self._tail()}")
+                raise WorkerGone(f"the worker {describe_exit(self.proc.returncode)}; {self._tail()}")
             if ready:
                 chunk = os.read(self.r, 65536)
                 if not chunk:
@@ -214,7 +214,7 @@ class WarmWorker:
                         rc = self.proc.wait(timeout=5)
                     except subprocess.TimeoutExpired:
                         rc = None
-                    raise WorkerGone(f"the worker ended (status {rc}); {self._tail()}")
+                    raise WorkerGone(f"the worker {describe_exit(rc)}; {self._tail()}")
                 self._buf += chunk
                 if len(self._buf) > 64 << 20:  # a cell's share holds up to 50,000 samples
                     raise WorkerGone("the worker sent an over-long line")

@@ -42,6 +42,7 @@ from plumbing.files import atomic_write_json
 
 FILE = "rounds.json"
 READY_TIMEOUT_S = 300.0
+MAX_RAW = 50_000  # raw samples a cell keeps (evenly thinned past it; its summary uses every sample)
 
 
 @dataclass
@@ -151,9 +152,9 @@ def pool(cell: Cell, parts: list[Partial], ready: dict[str, Any], rounds: int, t
                 "processes_asked": processes, "process_p50_s": medians, "process_spread": spread(medians),
                 "warmup_calls": sum(p.warmup_calls for p in parts), "converged": True, "stop_reason": "rounds",
                 "process_added_peak": [p.memory.get("added_peak") for p in parts]}
-    thin = max(1, math.ceil(len(lat_ns) / 50_000))
+    kept = lat_ns if len(lat_ns) <= MAX_RAW else lat_ns[np.linspace(0, len(lat_ns) - 1, MAX_RAW).astype(int)]
     return CellResult(
-        cell, status, error, latency=lat, samples_ns=[int(x) for x in lat_ns[::thin]],
+        cell, status, error, latency=lat, samples_ns=kept.tolist(),
         throughput=Throughput.of(calls / (sum_ns / 1e9) if sum_ns else 0.0, cell.batch), open_s=open_s,
         first_call_s=first.first_call_s, cold_start_s=open_s + first.first_call_s, cold_start_phases=cold,
         phases={k: summarize(np.asarray(v) / 1e9) for k, v in phases.items() if v},
@@ -276,6 +277,8 @@ class GroupRun:
             for key in [k for k in self.workers if k[0] in names]:
                 self._ask(key, {"batch": b, "warm": True}, 120.0, b)
         for r in range(self.plan.rounds[self.wave]):
+            if self.runner.before_round is not None:  # outside every turn (a benchmark plants a slow period there)
+                self.runner.before_round(self.groups[b], r)
             medians: dict[str, float] = {}
             for name in turn_order(names, r):
                 mine = sorted(k for (n, k) in self.workers if n == name)

@@ -59,9 +59,16 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_cells(cells: list[Cell], i: int, n: int) -> list[Cell]:
-    """The i-th of n deterministic, disjoint slices of a matrix (every n-th cell, so each shard gets
-    a mix of models and strategies and the shards take about equally long); together they are the matrix."""
-    return cells[i - 1::n]
+    """The i-th of n deterministic, disjoint slices of a matrix; together they are the matrix. A slice holds
+    whole comparisons (every route of one model, batch, threads, callers, allocator and scenario point), every
+    n-th of them, so the routes a decision compares are measured side by side in the same shard (bench.rounds)."""
+    keys = list(dict.fromkeys(_comparison(c) for c in cells))
+    mine = set(keys[i - 1::n])
+    return [c for c in cells if _comparison(c) in mine]
+
+
+def _comparison(c: Cell) -> tuple[Any, ...]:
+    return (c.model, c.batch, c.threads, c.concurrency, c.malloc, c.scenario, c.point)
 
 
 def worker_env(threads: int, malloc: str = allocator.DEFAULT) -> dict[str, str]:
@@ -181,6 +188,7 @@ class Runner:
         self.work = run.path / ".work"
         self.generator: dict[str, Any] = {}
         self.models: dict[str, ModelState] = {}
+        self.before_round: Any = None  # before_round(group, r): called between interleaved rounds (bench.rounds)
 
     def _timeout(self, cell: Cell) -> float:
         from bench import scenarios
@@ -340,10 +348,23 @@ class Runner:
             self.progress.finish(result.id, describe_outcome(result))
 
         groups = self.interleaved_groups(pending)
+        in_rounds = {c.id for cells in groups.values() for c in cells}
+        if groups:
+            from bench import rounds
+            from bench.progress import fmt_duration
+
+            sm = self.cfg.sampling
+            turns = sum(rounds.estimate_s(len({c.strategy for c in g}), len({c.batch for c in g}), sm.rounds, sm.turn_s,
+                                          sm.processes) for g in groups.values())
+            routes = max(len({c.strategy for c in g}) for g in groups.values())
+            self.progress.note(f"plan: {len(in_rounds)} cells in {len(groups)} group(s) of interleaved rounds (up to "
+                               f"{routes} routes x {sm.processes} warm processes, {sm.rounds} rounds of {sm.turn_s:g}s "
+                               f"turns per batch size: about {fmt_duration(turns)} of turns), "
+                               f"{len(pending) - len(in_rounds)} cells measured alone")
         done_groups: set[tuple[str, int, str]] = set()
         for cell in pending:
             key = (cell.model, cell.threads, cell.malloc)
-            if key in groups:
+            if cell.id in in_rounds:
                 if key not in done_groups:
                     done_groups.add(key)
                     self._rounds(groups[key], settle, record)
@@ -387,8 +408,12 @@ class Runner:
             return
         batches = sorted({c.batch for c in runnable})
         s = self.cfg.sampling
+        def finished(result: CellResult) -> None:
+            prep = routes.get(result.cell.strategy)
+            record(replace(result, prepare=prep.info) if prep else result)
+
         run = rounds.GroupRun(self, self.models[first.model], first.threads, first.malloc, routes, batches,
-                              {c.id for c in runnable}, record)
+                              {c.id for c in runnable}, finished)
         est = rounds.estimate_s(len(routes), len(batches), s.rounds, s.turn_s, s.processes)
         self.progress.note(
             f"{first.model}, {first.threads} thread(s){', ' + first.malloc if first.malloc else ''}: {len(routes)} routes x "

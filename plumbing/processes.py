@@ -34,3 +34,15 @@ def stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def describe_exit(rc: int | None) -> str:
+    """How a child ended, in words: "died with signal SIGKILL", "exited with status 3", "ended"."""
+    if rc is None:
+        return "ended"
+    if rc < 0:
+        try:
+            return f"died with signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"died with signal {-rc}"
+    return f"exited with status {rc}"

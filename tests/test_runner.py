@@ -175,7 +175,7 @@ def test_quick_run_results_are_complete(quick_run: Path):
         if declared:  # it said what it cannot take, and measured nothing of this cell
             assert "seq fixed at 32" in r.error
             continue
-        assert len(r.samples_ns) == r.latency.n > 0
+        assert len(r.samples_ns) == min(r.latency.n, 50_000) > 0  # raw samples kept up to 50,000, evenly thinned
         assert r.memory.steady_rss > 0 and r.memory.peak_rss >= r.memory.baseline_rss
         assert r.cold_start_s >= r.first_call_s > 0
         phases = r.cold_start_phases  # the same phases for every strategy
