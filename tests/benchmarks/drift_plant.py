@@ -96,7 +96,8 @@ def rounds_ratio(root: Path, cpu: int, plant: bool, rounds: int) -> tuple[float,
     warm workers (two processes per route); the plant from the middle round. (paired ratio, its 95% interval,
     and the ratio of the two cells' pooled medians)."""
     import strategies
-    from bench import rematch, rounds as rounds_mod
+    from bench import rematch
+    from bench import rounds as rounds_mod
     from bench.config import build_config
     from bench.progress import Progress
     from bench.results import RunDir
