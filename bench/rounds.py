@@ -14,8 +14,9 @@ turns alternating between its processes. A slow period then hits every route ali
   any two routes, which the decision ranks by, so drift cancels;
 - the between-process spread is the tie margin the decision uses (``process_spread``).
 
-Workers open one at a time, so each cold start is measured with nothing else starting (the others
-wait, idle, on their pipes). At most ``max_workers`` are alive at once: past it, a route's processes
+Each route's first worker opens alone, so its cold start is measured with nothing else starting (the
+others wait, idle, on their pipes); the rest, whose cold starts are not used, open as many at a time
+as there are CPUs. At most ``max_workers`` are alive at once: past it, a route's processes
 are measured in successive waves (each with every route), and past it again the routes are split
 into sets that all hold the group's reference route, so every ratio to it stays paired. A worker
 that dies gets one fresh replacement per route and group; if that one dies too, only the cells it
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -190,21 +192,24 @@ class GroupRun:
         return Cell(self.model.spec.name, name, batch, self.threads, 1, self.malloc)
 
     # -- workers ------------------------------------------------------------------------------------------------
-    def _open(self, name: str, k: int, warm_to: int | None = None) -> WarmWorker | None:
-        """Open route ``name``'s process ``k`` and wait until it is warm (at ``warm_to``, when given)."""
+    def _spawn(self, name: str, k: int) -> WarmWorker | None:
         cell = self.cell(name, self.batches[0])
         job = self.runner.warm_job(cell, self.model, self.routes[name], self.batches)
         log = self.runner.run_dir.logs_dir / f"rounds-{cell.key}-p{k}{'-again' if name in self.retried else ''}.log"
         try:
-            w = WarmWorker(job, self.runner.work, log, self.threads, self.runner.cfg.cpus,
-                           self.malloc or self.runner.cfg.malloc[0])
+            return WarmWorker(job, self.runner.work, log, self.threads, self.runner.cfg.cpus,
+                              self.malloc or self.runner.cfg.malloc[0])
         except OSError as e:
             return self._lost(name, f"could not start a worker: {e}")
+
+    def _ready(self, w: WarmWorker, name: str, k: int, warm_to: int | None = None) -> WarmWorker | None:
+        """Wait until ``w`` is warm (at ``warm_to``, when given); one that dies opening is replaced once per route."""
         try:
             ready = w.read(READY_TIMEOUT_S)
             if not ready.get("ready"):
                 raise WorkerGone("its first answer was not 'ready'")
-            self.ready.setdefault(name, ready)
+            if k == 0 or name not in self.ready:  # the cold start: a process that opened with nothing else starting
+                self.ready.setdefault(name, ready)
             if warm_to is not None and warm_to != self.batches[0]:
                 w.ask({"batch": warm_to, "warm": True}, 120.0)
             return w
@@ -215,6 +220,31 @@ class GroupRun:
             self.retried.add(name)
             self.runner.progress.note(f"  {name}: its worker died opening ({e}); starting a fresh one")
             return self._open(name, k, warm_to)
+
+    def _open(self, name: str, k: int, warm_to: int | None = None) -> WarmWorker | None:
+        """Open route ``name``'s process ``k`` alone and wait until it is warm."""
+        w = self._spawn(name, k)
+        return None if w is None else self._ready(w, name, k, warm_to)
+
+    def _open_wave(self, wave: list[tuple[str, int]]) -> None:
+        """Each route's first process opens alone, so its cold start is measured with nothing else starting; the
+        rest, whose cold starts are not used, open as many at a time as there are CPUs to run them."""
+        later = []
+        for name, k in wave:
+            if name in self.failed:
+                continue
+            if k == 0 or name not in self.ready:
+                w = self._open(name, k)
+                if w is not None:
+                    self.workers[(name, k)] = w
+            else:
+                later.append((name, k))
+        at_once = max(1, len(self.runner.cfg.cpus or os.sched_getaffinity(0)))
+        for i in range(0, len(later), at_once):
+            started = [(key, self._spawn(*key)) for key in later[i:i + at_once]]
+            for (name, k), w in started:
+                if w is not None and (w := self._ready(w, name, k)) is not None:
+                    self.workers[(name, k)] = w
 
     def _lost(self, name: str, why: str) -> None:
         self.runner.progress.note(f"  {name}: {why}")
@@ -251,11 +281,7 @@ class GroupRun:
         for i, wave in enumerate(self.plan.waves):
             self.wave = i
             try:
-                for name, k in wave:  # one at a time: each cold start measured with nothing else starting
-                    if name not in self.failed:
-                        w = self._open(name, k)
-                        if w is not None:
-                            self.workers[(name, k)] = w
+                self._open_wave(wave)
                 for i, b in enumerate(self.batches):
                     self._batch(b, wave, warm=i > 0)
             finally:
