@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--atol", type=float, default=1e-4)
     g.add_argument("--rtol", type=float, default=1e-3)
     _decision_flags(r, measuring=True)
-    s = r.add_argument_group("sampling budget (seconds)")
+    s = r.add_argument_group("sampling budget (seconds)", "for the cells measured alone: every scenario but latency's "
+                             "one-caller cells, which are measured in interleaved rounds (below) unless --rounds 0")
     for flag, key in (("--warmup", "warmup_s"), ("--min-time", "min_time_s"), ("--max-time", "max_time_s"),
                       ("--target-ci", "target_rel_ci"), ("--concurrency-time", "concurrency_s")):
         s.add_argument(flag, type=float, dest=key)
