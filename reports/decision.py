@@ -100,7 +100,7 @@ class Ranked:
     def paired_text(self) -> str:
         if self.paired_ratio is None:
             return ""
-        margin = f"; tie margin {self.tie_margin:.1%}, the spread between processes" if self.tie_margin is not None else ""
+        margin = f"; tie margin {self.tie_margin:.1%}" if self.tie_margin is not None else ""
         return (f"{self.paired_ratio:.3f}x the first's time side by side (95% {self.paired_low:.3f}-{self.paired_high:.3f}, "
                 f"{self.paired_rounds} alternating rounds{margin})")
 
