@@ -187,6 +187,8 @@ class GroupRun:
         self.emitted: set[tuple[str, int]] = set()
         self.workers: dict[tuple[str, int], WarmWorker] = {}
         self.wave = 0
+        self.kept: set[int] = set()  # batches whose rounds are in rounds.json
+        self.t0 = time.monotonic()
 
     def cell(self, name: str, batch: int) -> Cell:
         return Cell(self.model.spec.name, name, batch, self.threads, 1, self.malloc)
@@ -277,13 +279,14 @@ class GroupRun:
 
     # -- the rounds ---------------------------------------------------------------------------------------------
     def run(self) -> dict[int, Group]:
-        t0 = time.monotonic()
+        """Measure the group; each batch's rounds go to rounds.json as the batch finishes."""
+        self.t0 = time.monotonic()
         for i, wave in enumerate(self.plan.waves):
             self.wave = i
             try:
                 self._open_wave(wave)
-                for i, b in enumerate(self.batches):
-                    self._batch(b, wave, warm=i > 0)
+                for j, b in enumerate(self.batches):
+                    self._batch(b, wave, warm=j > 0)
             finally:
                 for w in self.workers.values():
                     w.close()
@@ -291,8 +294,8 @@ class GroupRun:
         for b in self.batches:
             for name in self.routes:
                 self._emit(name, b)
-            self.groups[b].errors = {n: e for n, e in self.failed.items() if (n, b) not in self.parts}
-            self.groups[b].seconds = time.monotonic() - t0
+            if self.groups[b].medians or any(n in self.failed for n in self.routes):
+                self._keep(b)
         return self.groups
 
     def _batch(self, b: int, wave: list[tuple[str, int]], warm: bool) -> None:
@@ -331,6 +334,18 @@ class GroupRun:
         for name in names:
             if name not in later:
                 self._emit(name, b)
+        if not later & set(names):  # the batch is done: its rounds are kept now, so --resume pairs its cells
+            self._keep(b)
+
+    def _keep(self, b: int) -> None:
+        if b in self.kept:
+            return
+        self.kept.add(b)
+        g = self.groups[b]
+        g.errors = {n: e for n, e in self.failed.items() if (n, b) not in self.parts}
+        g.seconds = time.monotonic() - self.t0
+        s = self.runner.cfg.sampling
+        write(self.runner.run_dir.path, [g], s.rounds, s.turn_s, s.processes)
 
     def _emit(self, name: str, b: int) -> None:
         if (name, b) in self.emitted or self.cell(name, b).id not in self.pending:

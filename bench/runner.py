@@ -420,8 +420,7 @@ class Runner:
             f"{s.processes} processes ({run.plan.alive_at_most} alive at once), batch {', '.join(map(str, batches))}: "
             f"{s.rounds} interleaved rounds of {s.turn_s:g}s turns (about {fmt_duration(est)} of turns)")
         t0 = time.monotonic()
-        measured = run.run()
-        rounds.write(self.run_dir.path, measured.values(), s.rounds, s.turn_s, s.processes)
+        run.run()  # cells and rounds are written as each batch finishes
         self.progress.note(f"  done in {fmt_duration(time.monotonic() - t0)}")
 
     def warm_job(self, cell: Cell, model: ModelState, prep: Prepared | None, batches: list[int]) -> dict[str, Any]:
