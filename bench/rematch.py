@@ -142,6 +142,15 @@ def contests(results: list[CellResult], facts: RouteTable, tie_within: float,
     return out
 
 
+def merged(old: Group, new: Group) -> Group:
+    """Two runs of rounds of one group as one: the rounds of both, and each route's error only where the newer
+    rounds did not measure it (a route that failed in one and was measured in the other keeps its pairs)."""
+    measured = {s for r in new.medians for s in r}
+    errors = {s: e for s, e in old.errors.items() if s not in measured}
+    return Group(new.model, new.batch, new.threads, new.malloc, list(dict.fromkeys(old.strategies + new.strategies)),
+                 old.medians + new.medians, {**errors, **new.errors}, old.seconds + new.seconds)
+
+
 def load(run_path: Path) -> dict[tuple[str, int, int, str], Group]:
     """The run's rounds side by side, by (model, batch, threads, allocator): the interleaved rounds its
     latency cells were measured in (``rounds.json``, bench.rounds) with the rematch's rounds of the close
@@ -152,9 +161,7 @@ def load(run_path: Path) -> dict[tuple[str, int, int, str], Group]:
             d = json.loads((Path(run_path) / name).read_text())
             for g in (Group.from_json(x) for x in d.get("groups", [])):
                 old = out.get(g.key)
-                out[g.key] = g if old is None else Group(
-                    g.model, g.batch, g.threads, g.malloc, list(dict.fromkeys(old.strategies + g.strategies)),
-                    old.medians + g.medians, {**old.errors, **g.errors}, old.seconds + g.seconds)
+                out[g.key] = g if old is None else merged(old, g)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return out

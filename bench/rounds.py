@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from bench.record import Cell, CellResult, Correctness, Cpu, Memory, Status, Throughput
-from bench.rematch import Group, WarmWorker, WorkerGone, turn_order
+from bench.rematch import Group, WarmWorker, WorkerGone, merged, turn_order
 from bench.stats import summarize
 from plumbing.files import atomic_write_json
 
@@ -73,6 +73,11 @@ class Partial:
             raise WorkerGone("its cell's share was not a JSON object")
         try:
             samples = [int(x) for x in d["samples_ns"]]
+            median = d.get("median_ns")
+            if any(x <= 0 for x in samples) or (median is not None and not (math.isfinite(float(median)) and median > 0)):
+                raise ValueError("a time that is not a positive number")
+            Memory.from_json(d["memory"])  # the nested records too: a malformed one fails this worker, not the run
+            Correctness.from_json(d["correctness"])
             return cls(samples, int(d["calls"]), None if d.get("median_ns") is None else float(d["median_ns"]),
                        int(d["sum_ns"]), {str(k): [int(x) for x in v] for k, v in dict(d.get("phases_ns") or {}).items()},
                        float(d["cpu_s"]), {str(k): float(v) for k, v in dict(d.get("cpu_by_role") or {}).items()},
@@ -80,7 +85,7 @@ class Partial:
                        int(d["payload_bytes"]), float(d["first_call_s"]), int(d["warmup_calls"]),
                        float(d["measure_s"]),
                        {k: d[k] for k in ("worker_pid", "cpu_affinity", "malloc_env", "thread_env") if k in d})
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise WorkerGone(f"its cell's share is malformed ({type(e).__name__}: {e})") from None
 
 
@@ -147,7 +152,7 @@ def pool(cell: Cell, parts: list[Partial], ready: dict[str, Any], rounds: int, t
     status, error = Status.OK, ""
     if bad:
         status, error = Status.INVALID, "wrong outputs: " + "; ".join(map(str, checked.get("problems", [])))
-    first = parts[0]
+    first = parts[0]  # its first process (bench.rounds.GroupRun orders them)
     cold = {**dict(ready.get("cold_start_phases") or {}), "first call": first.first_call_s}
     open_s = float(ready.get("open_s") or 0.0)
     sampling = {"method": "rounds", "rounds": rounds, "turn_s": turn_s, "processes": len(parts),
@@ -172,14 +177,17 @@ class GroupRun:
     to measure; ``on_cell(result)`` gets each cell as soon as its batch has finished in every wave."""
 
     def __init__(self, runner: Any, model: Any, threads: int, malloc: str, routes: dict[str, Any], batches: list[int],
-                 pending: set[str], on_cell: Any) -> None:
+                 cells: list[Cell], on_cell: Any) -> None:
         self.runner, self.model, self.threads, self.malloc = runner, model, threads, malloc
-        self.routes, self.batches, self.pending, self.on_cell = routes, batches, pending, on_cell
+        self.routes, self.batches, self.on_cell = routes, batches, on_cell
+        self.cells = {(c.strategy, c.batch): c for c in cells}
+        self.pending = {c.id for c in cells}
         s = runner.cfg.sampling
         self.turn_s, self.processes = s.turn_s, s.processes
         self.plan = Plan.of(list(routes), s.processes, s.max_workers, s.rounds)
         self.groups = {b: Group(model.spec.name, b, threads, malloc, list(routes)) for b in batches}
-        self.parts: dict[tuple[str, int], list[Partial]] = {}
+        self.parts: dict[tuple[str, int], list[tuple[int, Partial]]] = {}  # (route, batch) -> (process, its share)
+        self.opening: list[WarmWorker] = []  # every worker started, closed whatever happens
         self.rounds_of: dict[tuple[str, int], int] = {}
         self.ready: dict[str, dict[str, Any]] = {}  # each route's first process: its cold start
         self.retried: set[str] = set()
@@ -191,7 +199,7 @@ class GroupRun:
         self.t0 = time.monotonic()
 
     def cell(self, name: str, batch: int) -> Cell:
-        return Cell(self.model.spec.name, name, batch, self.threads, 1, self.malloc)
+        return self.cells.get((name, batch)) or Cell(self.model.spec.name, name, batch, self.threads, 1, self.malloc)
 
     # -- workers ------------------------------------------------------------------------------------------------
     def _spawn(self, name: str, k: int) -> WarmWorker | None:
@@ -199,8 +207,10 @@ class GroupRun:
         job = self.runner.warm_job(cell, self.model, self.routes[name], self.batches)
         log = self.runner.run_dir.logs_dir / f"rounds-{cell.key}-p{k}{'-again' if name in self.retried else ''}.log"
         try:
-            return WarmWorker(job, self.runner.work, log, self.threads, self.runner.cfg.cpus,
-                              self.malloc or self.runner.cfg.malloc[0])
+            w = WarmWorker(job, self.runner.work, log, self.threads, self.runner.cfg.cpus,
+                           self.malloc or self.runner.cfg.malloc[0])
+            self.opening.append(w)
+            return w
         except OSError as e:
             return self._lost(name, f"could not start a worker: {e}")
 
@@ -287,10 +297,10 @@ class GroupRun:
                 self._open_wave(wave)
                 for j, b in enumerate(self.batches):
                     self._batch(b, wave, warm=j > 0)
-            finally:
-                for w in self.workers.values():
+            finally:  # every worker this wave started, the ones still opening included (an interrupt, an error)
+                for w in {id(w): w for w in [*self.workers.values(), *self.opening]}.values():
                     w.close()
-                self.workers = {}
+                self.workers, self.opening = {}, []
         for b in self.batches:
             for name in self.routes:
                 self._emit(name, b)
@@ -327,7 +337,7 @@ class GroupRun:
             got = self._ask(key, {"batch": b, "finish": True}, 120.0, b)
             if got is not None:
                 try:
-                    self.parts.setdefault((key[0], b), []).append(Partial.from_json(got.get("partial")))
+                    self.parts.setdefault((key[0], b), []).append((key[1], Partial.from_json(got.get("partial"))))
                 except WorkerGone as e:
                     self._lost(key[0], str(e))
         later = {n for w in self.plan.waves[self.wave + 1:] for n, _ in w}
@@ -351,7 +361,7 @@ class GroupRun:
         if (name, b) in self.emitted or self.cell(name, b).id not in self.pending:
             return
         self.emitted.add((name, b))
-        cell, parts = self.cell(name, b), self.parts.get((name, b), [])
+        cell, parts = self.cell(name, b), [p for _, p in sorted(self.parts.get((name, b), []), key=lambda x: x[0])]
         if parts:
             result = pool(cell, parts, self.ready.get(name, {}), self.rounds_of.get((name, b), 0), self.turn_s,
                           self.processes)
@@ -383,8 +393,7 @@ def write(run_path: Path, groups: Any, rounds: int, turn_s: float, processes: in
     for g in groups:
         old = held.get(g.key)
         if old is not None:
-            g = Group(g.model, g.batch, g.threads, g.malloc, list(dict.fromkeys(old.strategies + g.strategies)),
-                      old.medians + g.medians, {**old.errors, **g.errors}, old.seconds + g.seconds)
+            g = merged(old, g)
         held[g.key] = g
     atomic_write_json(Path(run_path) / FILE, {"rounds": rounds, "turn_s": turn_s, "processes": processes,
                                               "groups": [g.to_json() for g in held.values()]})

@@ -361,9 +361,9 @@ class Runner:
                                f"{routes} routes x {sm.processes} warm processes, {sm.rounds} rounds of {sm.turn_s:g}s "
                                f"turns per batch size: about {fmt_duration(turns)} of turns), "
                                f"{len(pending) - len(in_rounds)} cells measured alone")
-        done_groups: set[tuple[str, int, str]] = set()
+        done_groups: set[tuple[Any, ...]] = set()
         for cell in pending:
-            key = (cell.model, cell.threads, cell.malloc)
+            key = (cell.model, cell.threads, cell.malloc, cell.scenario, cell.point)
             if cell.id in in_rounds:
                 if key not in done_groups:
                     done_groups.add(key)
@@ -376,7 +376,7 @@ class Runner:
 
 
     # -- interleaved rounds (bench.rounds) -------------------------------------------------------------
-    def interleaved_groups(self, pending: list[Cell]) -> dict[tuple[str, int, str], list[Cell]]:
+    def interleaved_groups(self, pending: list[Cell]) -> dict[tuple[Any, ...], list[Cell]]:
         """The pending cells measured in interleaved rounds, by (model, threads, allocator): those of a scenario
         that asks for it, with one caller, unless ``[sampling] rounds = 0`` (each cell alone)."""
         from bench import scenarios
@@ -386,7 +386,7 @@ class Runner:
             return out
         for c in pending:
             if c.concurrency == 1 and scenarios.get(c.scenario).interleaved:
-                out.setdefault((c.model, c.threads, c.malloc), []).append(c)
+                out.setdefault((c.model, c.threads, c.malloc, c.scenario, c.point), []).append(c)
         return out
 
     def _rounds(self, cells: list[Cell], settle: Any, record: Any) -> None:
@@ -413,7 +413,7 @@ class Runner:
             record(replace(result, prepare=prep.info) if prep else result)
 
         run = rounds.GroupRun(self, self.models[first.model], first.threads, first.malloc, routes, batches,
-                              {c.id for c in runnable}, finished)
+                              runnable, finished)
         est = rounds.estimate_s(len(routes), len(batches), s.rounds, s.turn_s, s.processes)
         self.progress.note(
             f"{first.model}, {first.threads} thread(s){', ' + first.malloc if first.malloc else ''}: {len(routes)} routes x "

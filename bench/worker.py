@@ -297,12 +297,13 @@ def warm(job: dict[str, Any]) -> dict[str, Any]:
         first = {k: np.array(v, copy=True) for k, v in session.run(inputs[b]).items()}
         first_call_s = time.perf_counter() - t1
         warm_calls, per_call = warm_up(session, inputs[b], cfg)
-        for p in tracker.procs.values():  # this cell's memory: from here to its finish
-            p.samples = []
-            reset_peak(p.pid)
+        for p in tracker.procs.values():  # this cell's memory: its steady RSS from here to its finish, and its
+            p.samples = []  # peak from the baseline for the first batch (the open and first call included, as a
+            if state:  # cell measured alone has it), from here for the later ones
+                reset_peak(p.pid)
         tracker.sample()
         st = {"first": first, "first_call_s": first_call_s, "warmup_calls": warm_calls, "per_call_s": per_call,
-              "lat": [], "phases": {}, "measure_s": 0.0, "cpu_mark": cpu.mark(),
+              "lat": [], "phases": {}, "measure_s": 0.0, "cpu_s": 0.0, "cpu_by_role": {},
               "payload_bytes": spec.input_bytes(b) + sum(v.nbytes for v in first.values())}
         state[b] = st
         return st
@@ -345,7 +346,7 @@ def warm(job: dict[str, Any]) -> dict[str, Any]:
                 continue
             seconds = min(float(msg["seconds"]), 60.0)
             chunk = max(1, int(seconds / 5 / max(st["per_call_s"], 1e-7)))
-            lats, t_turn = [], time.perf_counter()
+            lats, mark, t_turn = [], cpu.mark(), time.perf_counter()
             end = t_turn + seconds
             while not lats or time.perf_counter() < end:
                 timings = session.time_calls(inputs[b], chunk)
@@ -353,6 +354,10 @@ def warm(job: dict[str, Any]) -> dict[str, Any]:
                 for k, v in timings.phases_ns.items():
                     st["phases"].setdefault(k, []).append(v)
             st["measure_s"] += time.perf_counter() - t_turn
+            used, by_role = cpu.since(mark)  # CPU over its own turns only, not while the other routes take theirs
+            st["cpu_s"] += used
+            for role, v in by_role.items():
+                st["cpu_by_role"][role] = st["cpu_by_role"].get(role, 0.0) + v
             tracker.sample()  # outside the timed calls
             turn = np.concatenate(lats)
             st["lat"].append(turn)
@@ -371,7 +376,7 @@ def warm(job: dict[str, Any]) -> dict[str, Any]:
 def _finish_partial(session: Any, inputs: Any, st: dict[str, Any], tracker: Any, cpu: Any, job: dict[str, Any],
                     b: int, cap: int, spec: Any, compare_outputs: Any, worst: Any, thread_env: Any) -> dict[str, Any]:
     """One batch's share of a warm worker (bench.rounds.Partial as JSON)."""
-    cpu_s, by_role = cpu.since(st["cpu_mark"])
+    cpu_s, by_role = st["cpu_s"], st["cpu_by_role"]
     last = {k: np.array(v, copy=True) for k, v in session.run(inputs).items()}
     tracker.sample()
     tracker.finish()

@@ -187,6 +187,10 @@ def decide(df: pd.DataFrame, facts: RouteTable, constraints: Constraints,
     if main.empty:
         return [Block(c, []) for c in callers]
     main = main[main.concurrency == main.concurrency.min()]
+    # the run's typical spread between two processes of one route: a pair's own two spreads are single draws
+    # (two processes can agree by chance), so the margin is never under what the run's routes usually show
+    spreads = main["process_spread_fraction"].dropna() if "process_spread_fraction" in main else []
+    typical = float(spreads.median()) if len(spreads) else 0.0
     blocks = []
     for caller in callers:
         cells = []
@@ -233,7 +237,7 @@ def decide(df: pd.DataFrame, facts: RouteTable, constraints: Constraints,
                                          max_rps=cap.max_rps if cap else None,
                                          process_spread=_f(getattr(r, "process_spread_fraction", None))))
             cd.eligible = _rank(candidates, (rematch or {}).get((str(model), int(batch), int(threads), str(malloc))),
-                                constraints.tie_within, constraints.tie_floor)
+                                constraints.tie_within, max(constraints.tie_floor, typical))
             measured = set(g.strategy)
             for name, f in sorted(facts.items()):
                 if name not in measured and not any(base_name(s) == name for s in measured) \
