@@ -170,7 +170,11 @@ def load(run_path: Path) -> dict[tuple[str, int, int, str], Group]:
 # -- the warm workers -----------------------------------------------------------------------------
 
 class WorkerGone(Exception):
-    pass
+    """The worker cannot go on: it died (``reported`` False) or said what failed in it (``reported`` True)."""
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported
 
 
 class WarmWorker:
@@ -233,7 +237,7 @@ class WarmWorker:
         if not isinstance(msg, dict):
             raise WorkerGone("the worker sent something that is not a JSON object")
         if msg.get("error"):
-            raise WorkerGone(str(msg["error"])[:300])
+            raise WorkerGone(str(msg["error"])[:1000], reported=True)
         return msg
 
     def ask(self, msg: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -242,6 +246,13 @@ class WarmWorker:
         except OSError as e:
             raise WorkerGone(f"the worker is gone ({e.strerror}); {self._tail()}") from None
         return self.read(timeout_s)
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The end of the worker's log (a runtime's own crash report lands there)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def _tail(self) -> str:
         try:

@@ -188,6 +188,7 @@ class GroupRun:
         self.groups = {b: Group(model.spec.name, b, threads, malloc, list(routes)) for b in batches}
         self.parts: dict[tuple[str, int], list[tuple[int, Partial]]] = {}  # (route, batch) -> (process, its share)
         self.opening: list[WarmWorker] = []  # every worker started, closed whatever happens
+        self.logs: dict[str, str] = {}  # the end of a route's dead worker's log: the cell's traceback
         self.rounds_of: dict[tuple[str, int], int] = {}
         self.ready: dict[str, dict[str, Any]] = {}  # each route's first process: its cold start
         self.retried: set[str] = set()
@@ -205,7 +206,7 @@ class GroupRun:
     def _spawn(self, name: str, k: int) -> WarmWorker | None:
         cell = self.cell(name, self.batches[0])
         job = self.runner.warm_job(cell, self.model, self.routes[name], self.batches)
-        log = self.runner.run_dir.logs_dir / f"rounds-{cell.key}-p{k}{'-again' if name in self.retried else ''}.log"
+        log = self.runner.run_dir.logs_dir / f"{cell.key}.rounds-p{k}{'-again' if name in self.retried else ''}.log"
         try:
             w = WarmWorker(job, self.runner.work, log, self.threads, self.runner.cfg.cpus,
                            self.malloc or self.runner.cfg.malloc[0])
@@ -227,10 +228,12 @@ class GroupRun:
             return w
         except WorkerGone as e:
             w.close()
+            self.logs[name] = w.log_tail()
+            how = "failed" if e.reported else "died"
             if name in self.retried:
-                return self._lost(name, f"its worker died opening, and so did a fresh one ({e})")
+                return self._lost(name, f"its worker {how} opening, and so did a fresh one ({e})")
             self.retried.add(name)
-            self.runner.progress.note(f"  {name}: its worker died opening ({e}); starting a fresh one")
+            self.runner.progress.note(f"  {name}: its worker {how} opening ({e}); starting a fresh one")
             return self._open(name, k, warm_to)
 
     def _open(self, name: str, k: int, warm_to: int | None = None) -> WarmWorker | None:
@@ -270,12 +273,15 @@ class GroupRun:
         try:
             return self.workers[key].ask(msg, timeout_s)
         except WorkerGone as e:
-            self.workers.pop(key).close()
+            w = self.workers.pop(key)
+            w.close()
+            self.logs[name] = w.log_tail()
+            how = "failed" if e.reported else "died"
             if name in self.retried or msg.get("finish"):
-                self._lost(name, f"its worker died ({e})")
+                self._lost(name, f"its worker {how} ({e})")
                 return None
             self.retried.add(name)
-            self.runner.progress.note(f"  {name}: its worker died ({e}); starting a fresh one")
+            self.runner.progress.note(f"  {name}: its worker {how} ({e}); starting a fresh one")
             w = self._open(name, key[1], warm_to=batch)
             if w is None:
                 return None
@@ -283,8 +289,10 @@ class GroupRun:
             try:
                 return w.ask(msg, timeout_s)
             except WorkerGone as e2:
-                self.workers.pop(key).close()
-                self._lost(name, f"its worker died again ({e2})")
+                w = self.workers.pop(key)
+                w.close()
+                self.logs[name] = w.log_tail()
+                self._lost(name, f"its worker {'failed' if e2.reported else 'died'} again ({e2})")
                 return None
 
     # -- the rounds ---------------------------------------------------------------------------------------------
@@ -368,8 +376,9 @@ class GroupRun:
             if name in self.failed:
                 result = replace(result, sampling={**result.sampling, "lost": self.failed[name]})
         else:
-            result = CellResult(cell, Status.ERROR, self.failed.get(name, "no process of it finished its turns"))
-        self.on_cell(result)
+            result = CellResult(cell, Status.ERROR, self.failed.get(name, "no process of it finished its turns"),
+                                self.logs.get(name, ""))
+        self.on_cell(replace(result, wall_s=time.monotonic() - self.t0))  # from the group's start
 
 
 def estimate_s(n_routes: int, n_batches: int, rounds: int, turn_s: float, processes: int) -> float:

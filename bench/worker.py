@@ -365,7 +365,7 @@ def warm(job: dict[str, Any]) -> dict[str, Any]:
             say({"median_ns": float(np.median(turn)), "n": int(len(turn))})
     except Exception as e:  # the caller names it and goes on without this route
         with contextlib.suppress(OSError, ValueError):
-            say({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"})
+            say({"error": f"{type(e).__name__}: {' '.join(str(e).split())[:900]}"})
         raise
     finally:
         if session is not None:
